@@ -1,0 +1,464 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The kernel data path: one sk_skb stream verdict for every spliced socket.
+ *
+ * For each segment arriving on a client or backend socket it
+ *  - frames the HTTP messages in it (include/http_frame.h, the same code the
+ *    userspace relay runs), checks that every request starting in it routes
+ *    to the service the connection is spliced to, and counts requests and
+ *    responses;
+ *  - redirects the segment to the peer socket when it may, or hands the
+ *    socket back to userspace (SK_PASS, mode USER) when it must not:
+ *    a request for another service, bytes it does not frame, a request line
+ *    cut by the segment boundary, or a peer that is not draining (flow
+ *    control: the bytes queued for the peer beyond its socket stay bounded).
+ *
+ * The ownership protocol is described with struct ps_conn in pathsplice.h.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "pathsplice.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by userspace before load. */
+const volatile __u64 fc_limit = 1 << 20;	/* bytes queued for a peer before hand-back */
+const volatile __u32 parse_budget = 4096;	/* loop steps per segment */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u32);		/* conns index */
+	__type(value, __u64);		/* socket cookie */
+} sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u64);		/* socket cookie */
+	__type(value, __u32);		/* conns index */
+} conn_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u32);
+	__type(value, struct ps_conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PS_MAX_SERVICES);
+	__type(key, __u64);		/* ps_path_hash(path) */
+	__type(value, struct ps_service);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PS_MAX_INSTANCES);
+	__type(key, __u32);
+	__type(value, struct ps_instance);
+} instances SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PS_MAX_SERVICES);
+	__type(key, __u32);		/* ps_service.id */
+	__type(value, __u64);		/* round-robin position */
+} rr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PS_MAX_INSTANCES);
+	__type(key, __u32);
+	__type(value, struct ps_inst_stats);
+} inst_stats SEC(".maps");
+
+
+#define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
+
+#define CHUNK		64
+#define NO_MSG		(~0U)
+
+/* One verdict run over one segment. The framer works on a copy that is
+ * committed only if the whole segment is forwarded, or up to the message a
+ * hand-back starts at.
+ *
+ * The walk lives in a per-CPU map, not on the stack: the verifier does not
+ * track map memory, so the loop below converges after one pass instead of
+ * being explored once per possible offset. A verdict run in process context
+ * (the kick after insertion) can be interrupted by one in softirq on the
+ * same CPU, hence two walks per CPU. */
+struct walk {
+	__u32 off;		/* next byte to look at */
+	__u32 len;
+	__u32 msg_off;		/* where the message being read began in this segment */
+	__u32 msgs;		/* working copies of c->msgs, c->head_bits */
+	__u64 head_bits;
+	__u32 m_msgs;		/* ... as they were at msg_off */
+	__u32 buf_off;		/* segment offset of buf[0] */
+	__u64 m_head_bits;
+	__u32 buf_len;
+	__s32 best;		/* longest-prefix service id so far, -1 none */
+	__u32 handback;		/* enum ps_handback, set to stop */
+	__u32 hb_at_msg;	/* hand back at msg_off rather than at the segment start */
+	struct ps_frame fr;
+	__u8 buf[CHUNK];
+};
+
+struct scratch {
+	__u32 depth;
+	__u32 pad;
+	struct walk w[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* What the loop callback needs that the verifier must see as pointers. */
+struct walk_ctx {
+	struct __sk_buff *skb;
+	struct ps_conn *c;
+	struct ps_conn *p;
+	struct walk *w;
+};
+
+/* The framer and the route lookup are global functions: the verifier checks
+ * each once, on its own, instead of along every path of the walk. */
+struct ps_path {
+	__u8 b[PS_PATH_MAX];
+};
+
+__noinline int frame_byte(struct ps_frame *fr, struct ps_path *path, __u32 c)
+{
+	if (!fr || !path)
+		return PS_EV_ERROR;
+	return ps_frame_byte(fr, (__u8)c, path->b);
+}
+
+/* The service whose path is exactly path[0..n), or -1. */
+__noinline int route_lookup(__u64 hash, __u32 n, struct ps_path *path)
+{
+	struct ps_service *svc;
+
+	if (!path || n == 0 || n >= PS_PATH_MAX)
+		return -1;
+	svc = bpf_map_lookup_elem(&services, &hash);
+	if (!svc || svc->path_len != n)
+		return -1;
+	for (__u32 i = 0; i < PS_PATH_MAX; i++) {
+		if (i >= n)
+			return svc->id;
+		if ((__u8)svc->path[i] != path->b[i])
+			return -1;
+	}
+	return svc->id;
+}
+
+/* A candidate prefix of the request path: is it a service? */
+static __always_inline void route_candidate(struct walk_ctx *x)
+{
+	struct walk *w = x->w;
+	int id = route_lookup(w->fr.prefix_hash, w->fr.prefix_len, (struct ps_path *)x->c->path);
+
+	if (id >= 0)
+		w->best = id;
+}
+
+static __always_inline void stop(struct walk *w, __u32 reason, int at_msg)
+{
+	w->handback = reason;
+	w->hb_at_msg = at_msg && w->msg_off != NO_MSG;
+}
+
+static __always_inline void count(struct ps_conn *c, int response)
+{
+	__u32 inst = c->inst;
+	struct ps_inst_stats *st = bpf_map_lookup_elem(&inst_stats, &inst);
+
+	if (!st)
+		return;
+	if (response)
+		st->responses++;
+	else
+		st->requests++;
+}
+
+static __always_inline void on_event(struct walk_ctx *x, int ev)
+{
+	struct walk *w = x->w;
+	struct ps_conn *c = x->c;
+
+	switch (ev) {
+	case PS_EV_PREFIX:
+		route_candidate(x);
+		break;
+	case PS_EV_PATH_END:
+		route_candidate(x);
+		if (w->best < 0 || (__u32)w->best != c->service)
+			stop(w, PS_HB_SWITCH, 1);
+		break;
+	case PS_EV_HEAD_END:
+		if (c->side == PS_SIDE_BACKEND) {
+			if (w->fr.flags & PS_FF_TUNNEL)
+				stop(w, PS_HB_FRAMING, 1);
+			break;
+		}
+		if (w->fr.flags & (PS_FF_UPGRADE | PS_FF_CONN_UPGRADE)) {
+			stop(w, PS_HB_FRAMING, 1);
+			break;
+		}
+		/* the response side learns HEAD requests from head_bits, a ring of 64 */
+		if (w->msgs - x->p->msgs >= 63) {
+			stop(w, PS_HB_LIMIT, 1);
+			break;
+		}
+		if (w->fr.flags & PS_FF_HEAD)
+			w->head_bits |= 1ULL << (w->msgs & 63);
+		else
+			w->head_bits &= ~(1ULL << (w->msgs & 63));
+		w->msgs++;
+		count(c, 0);
+		break;
+	case PS_EV_MSG_END:
+		w->msg_off = NO_MSG;
+		if (c->side == PS_SIDE_BACKEND) {
+			w->msgs++;
+			count(c, 1);
+		}
+		break;
+	case PS_EV_ERROR:
+		stop(w, PS_HB_FRAMING, 1);
+		break;
+	}
+}
+
+/* bpf_loop callback: one body span or one head byte per step. */
+static long walk_step(__u32 i, struct walk_ctx *x)
+{
+	struct walk *w = x->w;
+	__u32 left, k, n;
+	__u64 body;
+
+	if (w->handback || w->off > w->len)
+		return 1;
+	left = w->len - w->off;
+
+	if (ps_frame_in_body(&w->fr)) {
+		body = ps_frame_body_left(&w->fr);
+		/* a body that ends exactly at the segment's end still ends here */
+		if (left == 0 && body != 0)
+			return 1;
+		if (body > left)
+			body = left;
+		w->off += body;
+		on_event(x, ps_frame_skip(&w->fr, body));
+		return 0;
+	}
+	if (left == 0)
+		return 1;
+
+	if (ps_frame_at_start(&w->fr) && w->msg_off == NO_MSG) {
+		/* a new message begins: remember where, to hand back from here */
+		w->msg_off = w->off;
+		w->m_msgs = w->msgs;
+		w->m_head_bits = w->head_bits;
+		w->best = -1;
+		if (x->c->side == PS_SIDE_BACKEND &&
+		    (x->p->head_bits & (1ULL << (w->msgs & 63))))
+			w->fr.flags |= PS_FF_REQ_HEAD;
+	}
+
+	k = w->off - w->buf_off;
+	if (w->off < w->buf_off || k >= w->buf_len) {
+		n = left < CHUNK ? left : CHUNK;
+		if (bpf_skb_load_bytes(x->skb, w->off, w->buf, n & (2 * CHUNK - 1))) {
+			stop(w, PS_HB_FRAMING, 0);
+			return 1;
+		}
+		w->buf_off = w->off;
+		w->buf_len = n;
+		k = 0;
+	}
+	if (k >= CHUNK)
+		return 1;
+	w->off++;
+	on_event(x, frame_byte(&w->fr, (struct ps_path *)x->c->path, w->buf[k]));
+	return 0;
+}
+
+static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, struct walk *w,
+				    __u32 reason)
+{
+	c->hb_reason = reason;
+	if (w && w->hb_at_msg) {
+		/* bytes before the message still go to the current peer; the
+		 * message itself is re-read by userspace from a fresh state */
+		c->hb_skip = w->msg_off;
+		ps_frame_next(&c->fr);
+		c->msgs = w->m_msgs;
+		c->head_bits = w->m_head_bits;
+	} else {
+		c->hb_skip = 0;
+	}
+	c->handbacks++;
+	c->passed += skb->len;
+	WRITE_ONCE(c->mode, PS_MODE_USER);
+	return SK_PASS;
+}
+
+/* May the peer take `len` more bytes? Returns a hand-back reason or 0.
+ * A congested peer gets no more: the segment is handed back, stays charged
+ * to this socket's receive memory, and TCP flow control holds the sender. */
+static __always_inline __u32 peer_check(struct ps_conn *c, struct ps_conn *p, __u32 len)
+{
+	__u32 peer = c->peer;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	__u64 accepted, queued;
+	__u32 reason = 0;
+
+	sk = bpf_map_lookup_elem(&sockets, &peer);
+	if (!sk)
+		return PS_HB_PEER;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || (sk->state != BPF_TCP_ESTABLISHED && sk->state != BPF_TCP_CLOSE_WAIT)) {
+		reason = PS_HB_PEER;
+		goto out;
+	}
+	/* every byte ever put into the peer socket: acked + still in its queue */
+	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	queued = p->out_base + c->fwd - accepted;
+	if ((__s64)queued > 0 && queued + len > fc_limit)
+		reason = PS_HB_CONGESTED;
+out:
+	bpf_sk_release(sk);
+	return reason;
+}
+
+/* Frame the segment; returns 0 to forward it, or a hand-back reason. */
+static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct ps_conn *c,
+					  struct ps_conn *p, struct walk *w)
+{
+	struct walk_ctx x = { .skb = skb, .c = c, .p = p, .w = w };
+	long ret;
+
+	w->off = 0;
+	w->len = skb->len;
+	w->msg_off = NO_MSG;
+	w->msgs = c->msgs;
+	w->head_bits = c->head_bits;
+	w->buf_off = 0;
+	w->buf_len = 0;
+	w->best = -1;
+	w->handback = 0;
+	w->hb_at_msg = 0;
+	__builtin_memcpy(&w->fr, &c->fr, sizeof(w->fr));
+
+	ret = bpf_loop(parse_budget, walk_step, &x, 0);
+	if (!w->handback) {
+		if (ret < 0 || w->off < w->len)
+			stop(w, PS_HB_LIMIT, 1);
+		else if (c->side == PS_SIDE_CLIENT && ps_frame_before_route(&w->fr))
+			/* the service of this request is not known yet */
+			stop(w, PS_HB_PARTIAL, 1);
+	}
+	return w->handback;
+}
+
+static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, struct walk *w)
+{
+	__u32 peer = c->peer, inst = c->inst;
+	__u32 msgs = c->msgs;
+	__u64 head_bits = c->head_bits;
+	struct ps_inst_stats *st;
+
+	/* publish the requests before the backend can possibly answer them */
+	c->msgs = w->msgs;
+	c->head_bits = w->head_bits;
+	if (bpf_sk_redirect_hash(skb, &sockets, &peer, 0) != SK_PASS) {
+		/* the peer left between the check and the redirect */
+		c->msgs = msgs;
+		c->head_bits = head_bits;
+		return handback(skb, c, NULL, PS_HB_PEER);
+	}
+	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
+	c->fwd += skb->len;
+	st = bpf_map_lookup_elem(&inst_stats, &inst);
+	if (st) {
+		if (c->side == PS_SIDE_CLIENT)
+			st->req_bytes += skb->len;
+		else
+			st->resp_bytes += skb->len;
+	}
+	return SK_PASS;
+}
+
+/* USER mode: pass the segment on, unless userspace armed the kernel and has
+ * read every byte passed so far. Returns 1 if the kernel takes over. */
+static __always_inline int take_over(struct ps_conn *c, __u32 len)
+{
+	__u64 arm = READ_ONCE(c->arm);
+
+	if (arm != c->passed + 1 || __sync_val_compare_and_swap(&c->arm, arm, 0) != arm) {
+		c->passed += len;
+		return 0;
+	}
+	WRITE_ONCE(c->mode, PS_MODE_KERNEL);
+	return 1;
+}
+
+SEC("sk_skb/stream_verdict")
+int ps_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct ps_conn *c, *p;
+	struct scratch *s;
+	__u32 *slot, peer, reason, depth, zero = 0;
+	int verdict;
+
+	/* a FIN arrives as an empty segment: epoll reports it, nothing to move */
+	if (skb->len == 0)
+		return SK_DROP;
+	slot = bpf_map_lookup_elem(&conn_index, &cookie);
+	if (!slot)
+		return SK_PASS;
+	c = bpf_map_lookup_elem(&conns, slot);
+	if (!c)
+		return SK_PASS;
+	peer = c->peer;
+	p = bpf_map_lookup_elem(&conns, &peer);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!p || !s)
+		return SK_PASS;
+
+	__sync_fetch_and_add(&c->busy, 1);
+	depth = __sync_fetch_and_add(&s->depth, 1);
+
+	if (READ_ONCE(c->mode) != PS_MODE_KERNEL && !take_over(c, skb->len)) {
+		verdict = SK_PASS;
+		goto out;
+	}
+	reason = depth < 2 ? peer_check(c, p, skb->len) : PS_HB_LIMIT;
+	if (reason) {
+		verdict = handback(skb, c, NULL, reason);
+		goto out;
+	}
+	reason = walk_segment(skb, c, p, &s->w[depth & 1]);
+	if (reason)
+		verdict = handback(skb, c, &s->w[depth & 1], reason);
+	else
+		verdict = forward(skb, c, &s->w[depth & 1]);
+out:
+	__sync_fetch_and_sub(&s->depth, 1);
+	__sync_fetch_and_sub(&c->busy, 1);
+	return verdict;
+}

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The vocabulary shared by the kernel data path (bpf/) and userspace (user/):
+ * map keys and values, limits, and the ownership protocol of a spliced socket.
+ *
+ * Every map value here is typed through BTF, so
+ *   bpftool map dump pinned /sys/fs/bpf/pathsplice/<map>
+ * shows field names.
+ */
+#ifndef PATHSPLICE_H
+#define PATHSPLICE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#include "http_frame.h"
+
+/* Limits. Service paths longer than PS_PATH_MAX - 1 bytes are rejected by the
+ * registry parser, so the kernel only has to buffer that much of a request
+ * target to decide its longest-prefix match exactly. */
+#define PS_PATH_MAX		128
+#define PS_NAME_MAX		64	/* service name, instance id, host name */
+#define PS_MAX_SERVICES		1024
+#define PS_MAX_INSTANCES	4096
+#define PS_SVC_MAX_INST		64	/* instances of one service */
+#define PS_DEFAULT_MAX_CONNS	16384	/* spliced sockets (two per connection) */
+
+/* A service: value of the `services` hash map, keyed by ps_path_hash(path).
+ * The whole record, instance list included, is replaced with one map update,
+ * so a reader never sees a half-written instance list. */
+struct ps_service {
+	__u32 id;			/* index into rr / svc_stats */
+	__u16 path_len;
+	__u16 n_inst;
+	__u32 inst[PS_SVC_MAX_INST];	/* instance slots, in registry order */
+	char path[PS_PATH_MAX];		/* verified byte for byte: no hash collision misroutes */
+	char name[PS_NAME_MAX];
+};
+
+enum ps_inst_state {
+	PS_INST_FREE = 0,		/* slot unused */
+	PS_INST_UP = 1,
+	PS_INST_DOWN = 2,
+	PS_INST_DRAINING = 3,		/* removed from the registry, existing connections finish */
+};
+
+/* An instance: value of the mmapable `instances` array, indexed by slot. */
+struct ps_instance {
+	__u32 addr;			/* IPv4, network order */
+	__u16 port;			/* network order */
+	__u8 state;			/* enum ps_inst_state */
+	__u8 pad;
+	__u32 service;			/* ps_service.id */
+	__u32 gen;			/* bumped whenever the slot is reused */
+	char id[PS_NAME_MAX];
+};
+
+/* Which end of a connection a spliced socket is. */
+enum ps_side {
+	PS_SIDE_CLIENT = 0,		/* carries requests towards the backend */
+	PS_SIDE_BACKEND = 1,		/* carries responses towards the client */
+};
+
+/* Who moves the bytes arriving on a spliced socket. */
+enum ps_mode {
+	PS_MODE_KERNEL = 0,		/* the verdict frames and redirects them to the peer */
+	PS_MODE_USER = 1,		/* the verdict passes them to the socket for userspace */
+};
+
+/* Why the kernel handed a socket back to userspace. */
+enum ps_handback {
+	PS_HB_NONE = 0,
+	PS_HB_SWITCH,			/* a request for another service (or none) */
+	PS_HB_FRAMING,			/* bytes the kernel does not frame: upgrade, CONNECT, errors */
+	PS_HB_PARTIAL,			/* a request line cut by the segment boundary */
+	PS_HB_CONGESTED,		/* the peer has more than the flow-control limit queued */
+	PS_HB_PEER,			/* the peer is gone or has stopped reading */
+	PS_HB_LIMIT,			/* more heads in one segment than one verdict run parses */
+	PS_HB_FORCED,			/* userspace took the socket back (ps_conn.busy handshake) */
+	PS_HB_MAX,
+};
+
+/*
+ * One spliced socket: value of the mmapable `conns` array. The index is the
+ * socket's key in the `sockets` sockhash; `conn_index` maps its cookie to it.
+ *
+ * Ownership protocol (userspace and the verdict share this memory):
+ * - In KERNEL mode the verdict owns fr, msgs, head_bits, fwd and the mode.
+ *   It hands the socket back by setting hb_skip/hb_reason, then mode = USER,
+ *   and passing the segment (and every later one) to the socket's queue,
+ *   counting the bytes in `passed`.
+ * - In USER mode userspace owns fr, msgs, head_bits, out_base. To give the
+ *   socket to the kernel it writes them, then arm = (bytes it has read) + 1.
+ *   The verdict takes over only if arm == passed + 1, i.e. only when no byte
+ *   is waiting in the queue that userspace has not read, so the kernel can
+ *   never overtake bytes userspace still holds.
+ * - Userspace takes a socket back at any time by storing mode = USER and
+ *   waiting until `busy` is zero (the verdict increments it around its run).
+ */
+struct ps_conn {
+	/* set by userspace before the socket enters the sockhash */
+	__u32 peer;			/* conns index of the other socket */
+	__u32 service;			/* client side: service the connection is routed to */
+	__u32 inst;			/* instance slot of the backend */
+	__u8 side;			/* enum ps_side */
+	__u8 pad0[3];
+
+	/* handshake */
+	__u32 mode;			/* enum ps_mode */
+	__u32 busy;			/* verdict runs in progress */
+	__u32 hb_reason;		/* enum ps_handback of the last hand-back */
+	__u32 hb_skip;			/* first bytes handed back that belong to the old peer */
+	__u32 handbacks;		/* hand-backs so far */
+	__u64 arm;
+	__u64 passed;			/* bytes passed to the socket for userspace */
+
+	/* byte accounting, for ordering and flow control */
+	__u64 fwd;			/* bytes the kernel redirected from this socket to the peer */
+	__u64 out_base;			/* bytes put into this socket other than the peer's fwd */
+
+	/* HTTP framing of the bytes arriving on this socket */
+	__u32 msgs;			/* client: request heads sent on; backend: responses completed */
+	__u32 pad1;
+	__u64 head_bits;		/* client: bit (i % 64) set if request i is HEAD */
+	struct ps_frame fr;
+	__u8 path[PS_PATH_MAX];		/* the request target so far, for exact route checks */
+};
+
+/* Per-instance counters, in a per-CPU array indexed by instance slot. */
+struct ps_inst_stats {
+	__u64 req_bytes;		/* client -> backend bytes moved by the kernel */
+	__u64 resp_bytes;		/* backend -> client bytes moved by the kernel */
+	__u64 requests;			/* request heads the kernel routed */
+	__u64 responses;		/* responses the kernel framed */
+	__u64 handbacks;		/* segments handed back to userspace */
+};
+
+/* The hash of a service path: 64-bit FNV-1a, computed incrementally by the
+ * framer while it reads a request target, and once by the controller. */
+#define PS_FNV_OFFSET	0xcbf29ce484222325ULL
+#define PS_FNV_PRIME	0x100000001b3ULL
+
+static __always_inline __u64 ps_hash_byte(__u64 h, __u8 c)
+{
+	return (h ^ c) * PS_FNV_PRIME;
+}
+
+#endif /* PATHSPLICE_H */

@@ -1,0 +1,98 @@
+# Bodies and streams: byte-exact, bounded, half-closed, upgraded.
+
+bodies_setup() {
+	local p1
+	alloc_port p1
+	start_backend b1 "$p1" || return 1
+	BACKEND_PORT=$p1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		b1 bulk /bulk $p1
+	EOT
+	start_pathsplice "$T_DIR/registry.json" "$@"
+}
+
+test_64mib_response_is_byte_exact() {
+	bodies_setup || return 1
+	local n=$((64 << 20)) out
+	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/bulk/big?bytes=$n" "$n")
+	expect_match "$out" "^ok $n " "64 MiB through the kernel" &&
+	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/bulk/big?bytes=$n&chunked=1" "$n")
+	expect_match "$out" "^ok $n " "64 MiB chunked" &&
+	stop_pathsplice
+}
+
+test_64mib_upload_is_byte_exact() {
+	bodies_setup || return 1
+	local n=$((64 << 20)) out sent got
+	out=$("$TOOLS/ps-client" upload "127.0.0.1:$PS_PORT" "/bulk/up?sink=1" "$n")
+	sent=$(grep '^sent ' <<<"$out" | cut -d' ' -f2-)
+	got=$(grep -v '^sent ' <<<"$out" | head -1)
+	expect_eq "$got" "$sent" "backend received (length crc)" &&
+	expect_match "$sent" "^$n " "upload length" &&
+	out=$("$TOOLS/ps-client" upload --chunked "127.0.0.1:$PS_PORT" "/bulk/up?sink=1" "$n")
+	sent=$(grep '^sent ' <<<"$out" | cut -d' ' -f2-)
+	got=$(grep -v '^sent ' <<<"$out" | head -1)
+	expect_eq "$got" "$sent" "chunked upload (length crc)" &&
+	stop_pathsplice
+}
+
+test_curl_upload_with_expect_continue() {
+	bodies_setup || return 1
+	head -c $((3 << 20)) /dev/urandom >"$T_DIR/file"
+	local want got
+	want="$(stat -c %s "$T_DIR/file") $(gzip -c <"$T_DIR/file" | tail -c8 | head -c4 | od -An -tx4 | tr -d ' ')"
+	got=$(curl -sS --max-time 20 --data-binary @"$T_DIR/file" "$(url '/bulk/u?sink=1')")
+	expect_eq "$got" "$want" "curl POST (length crc)" &&
+	stop_pathsplice
+}
+
+test_client_half_close_is_served() {
+	bodies_setup || return 1
+	local out
+	out=$("$TOOLS/ps-client" halfclose "127.0.0.1:$PS_PORT" '/bulk/hc?bytes=1000000')
+	expect_match "$out" '^200 1000000' "response after the client shut its side" &&
+	out=$("$TOOLS/ps-client" halfclose --body-bytes 500000 "127.0.0.1:$PS_PORT" '/bulk/hc?sink=1')
+	expect_match "$out" '^200 ' "upload then half-close" &&
+	stop_pathsplice
+}
+
+test_backend_close_ends_the_response() {
+	bodies_setup || return 1
+	local out
+	out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code} %{size_download}' "$(url '/bulk/c?bytes=3000000&close=1')")
+	expect_eq "$out" "200 3000000" "backend closes after its response" &&
+	stop_pathsplice
+}
+
+test_slow_reader_keeps_kernel_memory_bounded() {
+	bodies_setup || return 1
+	local stats bytes
+	# the client reads 1 KiB of 1 GiB, then nothing for 4 s
+	"$TOOLS/ps-client" stall --timeout 20 "127.0.0.1:$PS_PORT" "/bulk/s?bytes=$((1 << 30))" 4 || {
+		fail "stall client failed"; return 1; }
+	stats=$(curl -sS --max-time 5 "http://127.0.0.1:$BACKEND_PORT/x/__stats")
+	bytes=$(sed -n 's/.*bytes_out \([0-9]*\).*/\1/p' <<<"$stats")
+	echo "    backend wrote $((bytes >> 20)) MiB to a client that did not read"
+	[ -n "$bytes" ] && [ "$bytes" -lt $((48 << 20)) ] ||
+		{ fail "backend could write $bytes bytes: kernel queue unbounded"; return 1; }
+	stop_pathsplice
+}
+
+test_websocket_upgrade_echoes() {
+	bodies_setup || return 1
+	local out
+	out=$("$TOOLS/ps-client" ws "127.0.0.1:$PS_PORT" /bulk/ws hello world "third message")
+	expect_match "$out" '^ws ok' "websocket echo through the proxy" &&
+	stop_pathsplice
+}
+
+test_chunked_response_then_next_request() {
+	bodies_setup || return 1
+	local out
+	out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code} %{size_download}\n' \
+		"$(url '/bulk/a?bytes=100000&chunked=1')" "$(url '/bulk/b?bytes=10')" \
+		-w 'connects=%{num_connects}\n')
+	expect_match "$out" '200 100000' "chunked" &&
+	expect_match "$out" '200 10' "next" &&
+	stop_pathsplice
+}

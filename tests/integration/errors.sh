@@ -1,0 +1,111 @@
+# Bad input gets a clear answer and harms nobody else.
+
+errors_setup() {
+	local p1
+	alloc_port p1
+	start_backend s1a "$p1" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		s1a service1 /service1 $p1
+	EOT
+	start_pathsplice "$T_DIR/registry.json" "$@"
+}
+
+# raw REQUEST: the proxy's raw answer
+raw() {
+	"$TOOLS/ps-client" raw "127.0.0.1:$PS_PORT" "$@"
+}
+
+test_malformed_requests_get_400() {
+	errors_setup || return 1
+	expect_match "$(raw 'GET /service1 HTTP/1.1\nHost: x\n\n')" '^HTTP/1.1 400 ' "bare LF" &&
+	expect_match "$(raw 'GET /service1 HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n')" '^HTTP/1.1 400 ' "control byte" &&
+	expect_match "$(raw 'POST /service1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n')" '^HTTP/1.1 400 ' "CL with TE" &&
+	expect_match "$(raw 'POST /service1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd')" '^HTTP/1.1 400 ' "differing CLs" &&
+	expect_match "$(raw 'GET /service1 HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n')" '^HTTP/1.1 400 ' "obs-fold" &&
+	expect_match "$(raw 'GET /ser vice1 HTTP/1.1\r\n\r\n')" '^HTTP/1.1 400 ' "space in target" &&
+	expect_match "$(raw 'GET /service1 HTTP/2.0\r\n\r\n')" '^HTTP/1.1 505 ' "HTTP/2.0 request line" &&
+	expect_match "$(raw 'POST /service1 HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n')" '^HTTP/1.1 501 ' "unknown transfer-coding" &&
+	expect_match "$(raw 'GET /service1 HTTP/1.1\r\nHost: x\r\n\r\n')" '^HTTP/1.1 200 ' "a good request still works" &&
+	stop_pathsplice
+}
+
+test_unknown_path_gets_404() {
+	errors_setup || return 1
+	local out
+	out=$(curl -sS --max-time 5 -i "$(url /nowhere)")
+	expect_match "$out" '^HTTP/1.1 404 Not Found' "status line" &&
+	expect_match "$out" 'no service for this path' "body" &&
+	stop_pathsplice
+}
+
+test_oversized_head_gets_431() {
+	errors_setup || return 1
+	local big
+	big=$(head -c 9000 /dev/zero | tr '\0' 'a')
+	expect_eq "$(status /service1 -H "X-Big: $big")" 431 "9000-byte header" &&
+	expect_eq "$(status /service1 -H "X-Big: ${big:0:7000}")" 200 "7000-byte header" &&
+	stop_pathsplice
+}
+
+test_slow_head_gets_408_and_others_are_served() {
+	errors_setup --head-timeout 1s || return 1
+	local slow out t0 t1
+	"$TOOLS/ps-client" raw --drip 300 --timeout 10 "127.0.0.1:$PS_PORT" \
+		'GET /service1 HTTP/1.1\r\nHost: slowly-sent-header\r\n\r\n' >"$T_DIR/slow.out" &
+	slow=$!
+	sleep 0.3
+	t0=$(date +%s%N)
+	out=$(for i in 1 2 3 4 5; do body /service1/fast; done)
+	t1=$(date +%s%N)
+	wait "$slow"
+	expect_eq "$(grep -c '^s1a GET /service1/fast$' <<<"$out")" 5 "requests beside the slow client" || return 1
+	[ $(((t1 - t0) / 1000000)) -lt 1000 ] || { fail "other clients waited for the slow one"; return 1; }
+	expect_match "$(cat "$T_DIR/slow.out")" '^HTTP/1.1 408 ' "slow client" &&
+	stop_pathsplice
+}
+
+test_no_live_instance_gets_503() {
+	local p1 p2
+	alloc_port p1 p2
+	write_registry "$T_DIR/registry.json" <<-EOT
+		d1 deadsvc /dead $p1
+		d2 deadsvc /dead $p2
+	EOT
+	start_pathsplice "$T_DIR/registry.json" || return 1
+	local out
+	out=$(curl -sS --max-time 10 -i "$(url /dead/x)")
+	expect_match "$out" '^HTTP/1.1 503 ' "status" &&
+	expect_match "$out" 'no live instance of deadsvc' "body names the service" &&
+	stop_pathsplice
+}
+
+test_refused_instance_is_skipped_before_the_client_sees_it() {
+	local p1 p2 i out
+	alloc_port p1 p2
+	start_backend live "$p2" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		gone svc /svc $p1
+		live svc /svc $p2
+	EOT
+	start_pathsplice "$T_DIR/registry.json" || return 1
+	out=$(for i in $(seq 1 10); do curl -s --max-time 5 -o /dev/null -w '%{http_code}\n' "$(url /svc/x)"; done)
+	expect_eq "$(grep -c '^200$' <<<"$out")" 10 "every request answered 200" &&
+	stop_pathsplice
+}
+
+test_connect_method_is_refused() {
+	errors_setup || return 1
+	expect_match "$(raw 'CONNECT /service1 HTTP/1.1\r\nHost: x\r\n\r\n')" '^HTTP/1.1 405 ' "CONNECT" &&
+	stop_pathsplice
+}
+
+test_bad_registry_is_rejected_naming_the_field() {
+	local out rc
+	echo '{"instances":[{"id":"a","name":"s","path":"/s","host":"test","port":"80a"}]}' >"$T_DIR/bad.json"
+	out=$("$PATHSPLICE" run --listen 127.0.0.1:$((T_PORT + 19)) --registry "$T_DIR/bad.json" \
+		--host test --pin-dir "$PS_PIN" 2>&1)
+	rc=$?
+	expect_eq "$rc" 1 "exit status" &&
+	expect_match "$out" 'bad.json: instance #1 \(id "a"\): field "port"' "error names file, record and field" &&
+	[ ! -e "$PS_PIN" ] || fail "pins left behind"
+}

@@ -1,0 +1,99 @@
+# Routing: longest whole-segment prefix, round-robin, keep-alive re-routing.
+
+# two instances of /service1, one of /service2, one of /service2/admin
+routing_setup() {
+	local p1 p2 p3 p4
+	alloc_port p1 p2 p3 p4
+	start_backend s1a "$p1" && start_backend s1b "$p2" &&
+		start_backend s2a "$p3" && start_backend adm "$p4" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		s1a service1 /service1 $p1
+		s1b service1 /service1 $p2
+		s2a service2 /service2 $p3
+		adm admin /service2/admin $p4
+	EOT
+	start_pathsplice "$T_DIR/registry.json"
+}
+
+test_routes_by_whole_segment_prefix() {
+	routing_setup || return 1
+	expect_match "$(body /service1)" '^s1[ab] GET /service1$' "/service1" &&
+	expect_match "$(body /service1/x/y)" '^s1[ab] GET /service1/x/y$' "/service1/x/y" &&
+	expect_match "$(body '/service1?q=1')" '^s1[ab] GET /service1\?q=1$' "/service1?q" &&
+	expect_match "$(body /service2/)" '^s2a ' "/service2/" &&
+	expect_match "$(body /service2/admin/users)" '^adm ' "longest prefix /service2/admin" &&
+	expect_match "$(body /service2/administrator)" '^s2a ' "/service2/administrator is not /service2/admin" &&
+	expect_eq "$(status /service12)" 404 "/service12" &&
+	expect_eq "$(status /)" 404 "/" &&
+	stop_pathsplice
+}
+
+test_absolute_form_target_routes_by_path() {
+	routing_setup || return 1
+	local out
+	out=$("$TOOLS/ps-client" raw "127.0.0.1:$PS_PORT" \
+		'GET http://example.test/service2/abs HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n')
+	expect_match "$out" 'HTTP/1.1 200' "absolute-form status" &&
+	expect_match "$out" 's2a GET http://example.test/service2/abs' "absolute-form routed to service2" &&
+	stop_pathsplice
+}
+
+test_round_robin_spreads_connections() {
+	routing_setup || return 1
+	local i out a b
+	out=$(for i in $(seq 1 20); do body /service1/rr; done)
+	a=$(grep -c '^s1a ' <<<"$out")
+	b=$(grep -c '^s1b ' <<<"$out")
+	expect_eq "$a" 10 "requests on s1a" && expect_eq "$b" 10 "requests on s1b" &&
+	stop_pathsplice
+}
+
+test_keepalive_switches_service_on_one_connection() {
+	routing_setup || return 1
+	local out
+	out=$(curl -sS --max-time 10 -w 'connects=%{num_connects}\n' \
+		"$(url /service1/a)" "$(url /service2/b)" "$(url /service1/c)" \
+		"$(url /service2/admin/d)" "$(url /service1/e)")
+	expect_match "$(sed -n 1p <<<"$out")" '^s1[ab] GET /service1/a$' "1st" &&
+	expect_match "$(sed -n 3p <<<"$out")" '^s2a GET /service2/b$' "2nd" &&
+	expect_match "$(sed -n 5p <<<"$out")" '^s1[ab] GET /service1/c$' "3rd" &&
+	expect_match "$(sed -n 7p <<<"$out")" '^adm GET /service2/admin/d$' "4th" &&
+	expect_match "$(sed -n 9p <<<"$out")" '^s1[ab] GET /service1/e$' "5th" &&
+	expect_eq "$(grep -c 'connects=1' <<<"$out")" 1 "client connections" &&
+	expect_match "$(cat "$PS_LOG")" 'hand-back on client side: reason 1' "kernel handed the switch back" &&
+	stop_pathsplice
+}
+
+test_keepalive_same_service_stays_in_kernel() {
+	routing_setup || return 1
+	local out
+	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /service1/1 /service1/2 /service1/3 /service1/4)
+	expect_eq "$(grep -c '^200 s1[ab] s1[ab] GET /service1/[1-4]$' <<<"$out")" 4 "responses" &&
+	expect_match "$out" 'conns 1' "one connection" &&
+	expect_no_match "$(cat "$PS_LOG")" 'hand-back' "no hand-back for same-service requests" &&
+	stop_pathsplice
+}
+
+test_pipelined_requests_answer_in_order() {
+	routing_setup || return 1
+	local out
+	out=$("$TOOLS/ps-client" pipeline "127.0.0.1:$PS_PORT" \
+		/service1/p1 /service1/p2 /service2/p3 /service1/p4 '/service2/p5?sleep_ms=200' /service2/admin/p6 /service1/p7)
+	expect_eq "$(awk '{print $5}' <<<"$out" | tr '\n' ' ')" \
+		"/service1/p1 /service1/p2 /service2/p3 /service1/p4 /service2/p5?sleep_ms=200 /service2/admin/p6 /service1/p7 " \
+		"targets in order" &&
+	expect_eq "$(awk '{print $1}' <<<"$out" | sort -u)" 200 "statuses" &&
+	expect_match "$(sed -n 3p <<<"$out")" ' s2a ' "p3 on service2" &&
+	expect_match "$(sed -n 6p <<<"$out")" ' adm ' "p6 on admin" &&
+	stop_pathsplice
+}
+
+test_head_request_keeps_framing() {
+	routing_setup || return 1
+	local out
+	out=$(curl -sS --max-time 10 -I "$(url /service1/h)" -o /dev/null -w '%{http_code}\n' \
+		--next -sS --max-time 10 "$(url '/service1/after?bytes=10')" -o /dev/null -w '%{http_code} %{size_download} connects=%{num_connects}\n')
+	expect_eq "$(sed -n 1p <<<"$out")" 200 "HEAD" &&
+	expect_eq "$(sed -n 2p <<<"$out")" "200 10 connects=0" "GET after HEAD on the same connection" &&
+	stop_pathsplice
+}

@@ -1,0 +1,375 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/magic.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "datapath.h"
+#include "log.h"
+#include "splice.skel.h"
+
+#define BPFFS "/sys/fs/bpf"
+
+_Static_assert(sizeof(struct ps_conn) % 8 == 0, "array map values are 8-byte strided");
+_Static_assert(sizeof(struct ps_instance) % 8 == 0, "array map values are 8-byte strided");
+
+static int is_bpffs(const char *path)
+{
+	struct statfs st;
+
+	return statfs(path, &st) == 0 && st.f_type == BPF_FS_MAGIC;
+}
+
+static int ensure_bpffs(const char *pin_dir)
+{
+	char parent[256];
+	char *slash;
+
+	snprintf(parent, sizeof(parent), "%s", pin_dir);
+	slash = strrchr(parent, '/');
+	if (slash && slash != parent)
+		*slash = '\0';
+	if (is_bpffs(parent))
+		return 0;
+	if (strcmp(parent, BPFFS) == 0) {
+		if (mount("bpf", BPFFS, "bpf", 0, NULL) == 0) {
+			pr_info("mounted bpffs at %s", BPFFS);
+			return 0;
+		}
+		pr_err("cannot mount bpffs at %s: %s", BPFFS, strerror(errno));
+		return -1;
+	}
+	pr_err("pin dir %s: %s is not a bpffs mount", pin_dir, parent);
+	return -1;
+}
+
+int datapath_unpin_dir(const char *pin_dir)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	DIR *d = opendir(pin_dir);
+	int err = 0;
+
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", pin_dir, de->d_name);
+		if (unlink(path) && errno != ENOENT)
+			err = -errno;
+	}
+	closedir(d);
+	if (rmdir(pin_dir) && errno != ENOENT)
+		err = -errno;
+	return err;
+}
+
+/* One pathsplice per pin dir: a lock file next to nothing else in /run. */
+static int take_lock(struct datapath *dp)
+{
+	char path[PATH_MAX], name[256];
+	size_t i;
+
+	snprintf(name, sizeof(name), "%s", dp->pin_dir);
+	for (i = 0; name[i]; i++)
+		if (name[i] == '/')
+			name[i] = '_';
+	mkdir("/run/lock", 0755);
+	snprintf(path, sizeof(path), "/run/lock/pathsplice%s.lock", name);
+	dp->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (dp->lock_fd < 0) {
+		pr_err("cannot open lock file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (flock(dp->lock_fd, LOCK_EX | LOCK_NB)) {
+		pr_err("another pathsplice is running with pin dir %s (lock %s)", dp->pin_dir, path);
+		return -1;
+	}
+	return 0;
+}
+
+static void *map_mmap(struct bpf_map *map, size_t *len)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t stride = (bpf_map__value_size(map) + 7) & ~7UL;
+	void *p;
+
+	*len = (stride * bpf_map__max_entries(map) + page - 1) & ~(page - 1);
+	p = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
+	if (p == MAP_FAILED) {
+		pr_err("cannot mmap map %s: %s", bpf_map__name(map), strerror(errno));
+		return NULL;
+	}
+	return p;
+}
+
+static int pin(struct datapath *dp, int fd, const char *name)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/%s", dp->pin_dir, name);
+	if (bpf_obj_pin(fd, path)) {
+		pr_err("cannot pin %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int pin_all(struct datapath *dp)
+{
+	struct bpf_map *map;
+
+	if (mkdir(dp->pin_dir, 0700) && errno != EEXIST) {
+		pr_err("cannot create pin dir %s: %s", dp->pin_dir, strerror(errno));
+		return -1;
+	}
+	dp->pinned = true;
+	bpf_object__for_each_map(map, dp->skel->obj) {
+		/* libbpf's internal .rodata map is an implementation detail */
+		if (strchr(bpf_map__name(map), '.'))
+			continue;
+		if (pin(dp, bpf_map__fd(map), bpf_map__name(map)))
+			return -1;
+	}
+	return pin(dp, bpf_program__fd(dp->skel->progs.ps_verdict), "ps_verdict");
+}
+
+static void explain_load_error(int err)
+{
+	if (err == -EPERM || err == -EACCES)
+		pr_err("cannot load the BPF data path: permission denied. pathsplice needs root, or "
+		       "CAP_BPF + CAP_NET_ADMIN (+ CAP_SYS_ADMIN on kernels that require it); "
+		       "run with -v to see the kernel's answer");
+	else
+		pr_err("cannot load the BPF data path: %s (run with -v to see the verifier log)",
+		       strerror(-err));
+}
+
+int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
+{
+	struct splice_bpf *skel;
+	int err;
+	uint32_t i;
+
+	memset(dp, 0, sizeof(*dp));
+	dp->lock_fd = -1;
+	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", opts->pin_dir);
+	dp->max_conns = opts->max_conns;
+
+	if (ensure_bpffs(dp->pin_dir) || take_lock(dp))
+		return -1;
+	if (access(dp->pin_dir, F_OK) == 0) {
+		pr_warn("removing stale pins in %s left by an earlier run", dp->pin_dir);
+		if ((err = datapath_unpin_dir(dp->pin_dir))) {
+			pr_err("cannot remove stale pins in %s: %s", dp->pin_dir, strerror(-err));
+			return -1;
+		}
+	}
+
+	skel = splice_bpf__open();
+	if (!skel) {
+		pr_err("cannot open the BPF object: %s", strerror(errno));
+		return -1;
+	}
+	dp->skel = skel;
+	bpf_map__set_max_entries(skel->maps.sockets, opts->max_conns);
+	bpf_map__set_max_entries(skel->maps.conn_index, opts->max_conns);
+	bpf_map__set_max_entries(skel->maps.conns, opts->max_conns);
+	skel->rodata->fc_limit = opts->fc_limit;
+
+	err = splice_bpf__load(skel);
+	if (err) {
+		explain_load_error(err);
+		return -1;
+	}
+	dp->sockets_fd = bpf_map__fd(skel->maps.sockets);
+	dp->conn_index_fd = bpf_map__fd(skel->maps.conn_index);
+	dp->services_fd = bpf_map__fd(skel->maps.services);
+	dp->inst_stats_fd = bpf_map__fd(skel->maps.inst_stats);
+
+	/* The verdict belongs to the sockhash: only sockets pathsplice puts
+	 * there are ever seen by it. */
+	if (bpf_prog_attach(bpf_program__fd(skel->progs.ps_verdict), dp->sockets_fd,
+			    BPF_SK_SKB_STREAM_VERDICT, 0)) {
+		pr_err("cannot attach the stream verdict to the sockhash: %s", strerror(errno));
+		return -1;
+	}
+	if (pin_all(dp))
+		return -1;
+
+	dp->conns = map_mmap(skel->maps.conns, &dp->conns_len);
+	dp->instances = map_mmap(skel->maps.instances, &dp->instances_len);
+	dp->rr = map_mmap(skel->maps.rr, &dp->rr_len);
+	if (!dp->conns || !dp->instances || !dp->rr)
+		return -1;
+
+	dp->free_slots = calloc(dp->max_conns, sizeof(*dp->free_slots));
+	if (!dp->free_slots)
+		return -1;
+	for (i = 0; i < dp->max_conns; i++)
+		dp->free_slots[i] = dp->max_conns - 1 - i;
+	dp->n_free = dp->max_conns;
+	pr_debug("data path loaded and pinned at %s (%u socket slots)", dp->pin_dir, dp->max_conns);
+	return 0;
+}
+
+void datapath_close(struct datapath *dp)
+{
+	int err;
+
+	if (dp->conns)
+		munmap(dp->conns, dp->conns_len);
+	if (dp->instances)
+		munmap(dp->instances, dp->instances_len);
+	if (dp->rr)
+		munmap(dp->rr, dp->rr_len);
+	dp->conns = NULL;
+	dp->instances = NULL;
+	dp->rr = NULL;
+	if (dp->skel) {
+		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_verdict), dp->sockets_fd,
+				 BPF_SK_SKB_STREAM_VERDICT);
+		splice_bpf__destroy(dp->skel);
+		dp->skel = NULL;
+	}
+	if (dp->pinned) {
+		if ((err = datapath_unpin_dir(dp->pin_dir)))
+			pr_warn("cannot remove pins in %s: %s", dp->pin_dir, strerror(-err));
+		dp->pinned = false;
+	}
+	free(dp->free_slots);
+	dp->free_slots = NULL;
+	if (dp->lock_fd >= 0)
+		close(dp->lock_fd);
+	dp->lock_fd = -1;
+}
+
+int datapath_slot_alloc(struct datapath *dp)
+{
+	uint32_t slot;
+
+	if (!dp->n_free)
+		return -1;
+	slot = dp->free_slots[--dp->n_free];
+	memset(&dp->conns[slot], 0, sizeof(dp->conns[slot]));
+	return slot;
+}
+
+void datapath_slot_free(struct datapath *dp, int slot)
+{
+	dp->free_slots[dp->n_free++] = slot;
+}
+
+int datapath_insert(struct datapath *dp, int slot, int fd, uint64_t *cookie)
+{
+	socklen_t len = sizeof(*cookie);
+	__u32 key = slot;
+	__u64 sockfd = fd;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, &len))
+		return -errno;
+	if (bpf_map_update_elem(dp->conn_index_fd, cookie, &key, BPF_ANY))
+		return -errno;
+	if (bpf_map_update_elem(dp->sockets_fd, &key, &sockfd, BPF_ANY)) {
+		int err = -errno;
+
+		bpf_map_delete_elem(dp->conn_index_fd, cookie);
+		return err;
+	}
+	return 0;
+}
+
+void datapath_remove(struct datapath *dp, int slot, uint64_t cookie)
+{
+	__u32 key = slot;
+
+	bpf_map_delete_elem(dp->sockets_fd, &key);
+	bpf_map_delete_elem(dp->conn_index_fd, &cookie);
+}
+
+
+void splice_kick(int fd)
+{
+	char b;
+
+	/* tcp_bpf's recvmsg runs the verdict over a non-empty receive queue;
+	 * MSG_PEEK leaves whatever it passes for a real read. */
+	(void)!recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+}
+
+void splice_arm(struct ps_conn *c, uint64_t consumed)
+{
+	__atomic_store_n(&c->arm, consumed + 1, __ATOMIC_RELEASE);
+}
+
+void splice_take(struct ps_conn *c)
+{
+	for (;;) {
+		__atomic_exchange_n(&c->arm, 0, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&c->mode, PS_MODE_USER, __ATOMIC_SEQ_CST);
+		/* pairs with the verdict's busy increment before it reads mode */
+		while (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST))
+			__builtin_ia32_pause();
+		/* a run that consumed the arm just before may have set KERNEL */
+		if (__atomic_load_n(&c->mode, __ATOMIC_SEQ_CST) == PS_MODE_USER)
+			return;
+	}
+}
+
+bool splice_kernel_owned(const struct ps_conn *c)
+{
+	return __atomic_load_n(&c->mode, __ATOMIC_ACQUIRE) == PS_MODE_KERNEL ||
+	       __atomic_load_n(&c->arm, __ATOMIC_ACQUIRE) != 0;
+}
+
+static int tcp_info_of(int fd, struct tcp_info *ti)
+{
+	socklen_t len = sizeof(*ti);
+
+	memset(ti, 0, sizeof(*ti));
+	return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) ? -errno : 0;
+}
+
+int sock_accepted(int fd, uint64_t *bytes)
+{
+	struct tcp_info ti;
+	int outq, err;
+
+	/* acked first, queue second: an ACK in between can only make the sum
+	 * smaller, never claim bytes the socket has not taken */
+	if ((err = tcp_info_of(fd, &ti)))
+		return err;
+	if (ioctl(fd, SIOCOUTQ, &outq))
+		return -errno;
+	*bytes = ti.tcpi_bytes_acked + (uint64_t)outq;
+	return 0;
+}
+
+int sock_received(int fd, uint64_t *bytes)
+{
+	struct tcp_info ti;
+	int err;
+
+	if ((err = tcp_info_of(fd, &ti)))
+		return err;
+	*bytes = ti.tcpi_bytes_received;
+	return 0;
+}

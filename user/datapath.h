@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The kernel side as userspace sees it: loading, pinning and unpinning the
+ * BPF object, the shared maps, and the operations of the ownership protocol
+ * on a spliced socket (struct ps_conn in pathsplice.h).
+ */
+#ifndef PS_DATAPATH_H
+#define PS_DATAPATH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/types.h>
+
+#include "pathsplice.h"
+
+struct datapath_opts {
+	const char *pin_dir;		/* e.g. /sys/fs/bpf/pathsplice */
+	uint32_t max_conns;		/* spliced sockets */
+	uint64_t fc_limit;		/* bytes queued for a peer before hand-back */
+};
+
+struct datapath {
+	struct splice_bpf *skel;
+	int sockets_fd;
+	int conn_index_fd;
+	int services_fd;
+	int inst_stats_fd;
+	struct ps_conn *conns;		/* mmapped `conns` */
+	struct ps_instance *instances;	/* mmapped `instances` */
+	__u64 *rr;			/* mmapped `rr` */
+	size_t conns_len, instances_len, rr_len;
+	uint32_t max_conns;
+	uint32_t *free_slots;		/* stack of unused conns indexes */
+	uint32_t n_free;
+	char pin_dir[256];
+	int lock_fd;
+	bool pinned;
+};
+
+/* Load, attach and pin; cleans up what a crashed earlier run left behind. */
+int datapath_open(struct datapath *dp, const struct datapath_opts *opts);
+/* Detach, unpin and free everything. Safe on a partly opened datapath. */
+void datapath_close(struct datapath *dp);
+
+/* Remove a pin directory and everything pinned in it (used at start and by tests). */
+int datapath_unpin_dir(const char *pin_dir);
+
+/* conns slots */
+int datapath_slot_alloc(struct datapath *dp);	/* -1 when full */
+void datapath_slot_free(struct datapath *dp, int slot);
+
+static inline struct ps_conn *datapath_conn(struct datapath *dp, int slot)
+{
+	return &dp->conns[slot];
+}
+
+/* Put a socket in the sockhash under `slot`. Fails with -EOPNOTSUPP for a
+ * socket that is no longer ESTABLISHED (e.g. the client half-closed). */
+int datapath_insert(struct datapath *dp, int slot, int fd, uint64_t *cookie);
+void datapath_remove(struct datapath *dp, int slot, uint64_t cookie);
+
+/* Make the verdict look at bytes queued before the socket entered the map. */
+void splice_kick(int fd);
+
+/* Hand a USER-mode socket to the kernel once it has read `consumed` bytes. */
+void splice_arm(struct ps_conn *c, uint64_t consumed);
+
+/* Take a socket back from the kernel now; returns once no verdict run that
+ * saw the old mode is still in progress. */
+void splice_take(struct ps_conn *c);
+
+/* Is the socket currently owned by the kernel (mode KERNEL, or armed and
+ * about to be)? */
+bool splice_kernel_owned(const struct ps_conn *c);
+
+/* Every byte ever put into / received on a TCP socket (acked + queued). */
+int sock_accepted(int fd, uint64_t *bytes);
+int sock_received(int fd, uint64_t *bytes);
+
+#endif

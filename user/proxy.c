@@ -1,0 +1,1381 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Connection lifecycle:
+ *
+ *   HEAD        the client's first request head is read with MSG_PEEK and
+ *               routed; nothing is consumed, the kernel will forward it.
+ *   CONNECTING  a non-blocking connect to the next instance (round-robin),
+ *               the next one on refusal or timeout, 503 when none is left.
+ *   OPEN        both sockets are in the sockhash and the verdict moves the
+ *               bytes. Each direction is relayed here while the kernel has
+ *               handed it back, and armed again once userspace holds no byte
+ *               of it and the stream is at a point the kernel can continue.
+ *   LINGER      an error answer was sent; the client's input is drained
+ *               for a while before close so the answer is not lost to a RST.
+ *
+ * A keep-alive request for another service blocks the request direction at
+ * the start of that request until every earlier response has reached the
+ * client; then the backend is retired and the connection re-routed.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http_frame.h"
+#include "log.h"
+#include "proxy.h"
+
+#define BUF_SIZE	(64 * 1024)
+#define POLL_MIN_MS	1
+#define POLL_MAX_MS	50
+#define MAX_EVENTS	256
+
+enum cstate { CS_HEAD, CS_CONNECTING, CS_OPEN, CS_LINGER };
+
+/* Why the request direction stopped at the start of a message. */
+enum block {
+	BLK_NONE = 0,
+	BLK_SWITCH,		/* it belongs to another service (or the backend left) */
+	BLK_UPGRADE,		/* waiting for the answer to an upgrade request */
+	BLK_REPLY,		/* it gets an error answer from us */
+};
+
+enum timer_kind { T_NONE = 0, T_HEAD, T_CONNECT, T_FIN, T_LINGER, T_KINDS };
+
+struct conn;
+
+/* One socket of a connection. */
+struct endpoint {
+	struct conn *conn;
+	int fd;
+	uint32_t events;	/* epoll interest */
+	int slot;		/* conns index, -1 when it has none */
+	bool in_map;		/* in the sockhash */
+	bool want_out;		/* wait for EPOLLOUT: a write or a drain is pending */
+	uint64_t cookie;
+	struct ps_conn *pc;	/* the map slot, or `local` without one */
+	struct ps_conn local;
+};
+
+/* One direction: bytes arriving on src, going to dst. */
+struct dir {
+	struct conn *conn;
+	bool req;		/* client -> backend */
+	struct endpoint *src, *dst;
+	uint64_t consumed;	/* bytes read from src since it entered the map */
+	uint32_t handbacks;	/* last hand-back taken into account */
+	uint64_t fwd_retired;	/* kernel bytes forwarded to earlier backends */
+	uint64_t armed_at;	/* consumed + 1 when armed */
+	uint8_t *buf;		/* [w, p) framed, not written; [p, e) not framed */
+	uint32_t w, p, e;
+	uint32_t raw;		/* bytes at p the kernel already framed */
+	uint32_t msg_start;	/* start of the message being read */
+	bool in_msg;
+	bool head_done;		/* request: its head is complete, its bytes may go */
+	bool upgrade;		/* request: asks for a protocol upgrade */
+	int best;		/* request: longest-prefix service so far */
+	bool fin;		/* src has sent its FIN */
+	bool eof;		/* userspace has read src to its end */
+	bool shut;		/* dst was shut down for writing */
+	bool ordered;		/* dst has taken every byte the kernel sent it */
+};
+
+struct conn {
+	struct proxy *px;
+	enum cstate state;
+	struct endpoint cli, be;
+	struct dir req, resp;
+	enum block block;
+	int svc;		/* service of the backend connection, -1 none */
+	int next_svc;		/* service of the request waiting for a backend */
+	uint32_t inst;
+	uint64_t tried;		/* instance list positions tried for this request */
+	uint32_t upgrade_idx;	/* index of the upgrade request */
+	uint16_t status;	/* error answer */
+	char reply[256];
+	uint32_t reply_len, reply_off;
+	struct sockaddr_in addr;	/* client */
+	/* the state timer */
+	enum timer_kind tkind;
+	uint64_t deadline;
+	struct conn *tprev, *tnext;
+	/* polling while waiting for the kernel to drain */
+	bool polling;
+	bool poll_req;		/* set during a pump that has to look again */
+	bool again;		/* the pump stopped while bytes were still moving */
+	uint64_t poll_at;
+	uint32_t poll_ms;
+	struct conn *pprev, *pnext;
+	struct conn *aprev, *anext;	/* every live connection */
+	bool dead;		/* to be closed at the end of this pump */
+	bool closed;
+	uint64_t moved;		/* bytes read, framed or written: progress of a pump */
+};
+
+struct timer_list {
+	struct conn *head, *tail;
+	uint32_t ms;
+};
+
+struct proxy {
+	struct proxy_opts o;
+	struct datapath *dp;
+	struct router *rt;
+	int epfd;
+	int lfd;
+	struct timer_list timers[T_KINDS];
+	struct conn *poll_head;
+	struct conn *all;
+	struct conn **graveyard;	/* freed after the event batch */
+	size_t n_grave, cap_grave;
+	struct proxy_stats st;
+	uint8_t peek[];			/* head_max + 1 */
+};
+
+static void pump(struct conn *c);
+static void conn_close(struct conn *c);
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
+}
+
+/* ---- timers ---------------------------------------------------------- */
+
+static void timer_stop(struct conn *c)
+{
+	struct timer_list *tl;
+
+	if (c->tkind == T_NONE)
+		return;
+	tl = &c->px->timers[c->tkind];
+	if (c->tprev)
+		c->tprev->tnext = c->tnext;
+	else
+		tl->head = c->tnext;
+	if (c->tnext)
+		c->tnext->tprev = c->tprev;
+	else
+		tl->tail = c->tprev;
+	c->tprev = c->tnext = NULL;
+	c->tkind = T_NONE;
+}
+
+/* Every timer of a kind has the same duration: appending keeps lists sorted. */
+static void timer_start(struct conn *c, enum timer_kind kind)
+{
+	struct timer_list *tl = &c->px->timers[kind];
+
+	timer_stop(c);
+	c->tkind = kind;
+	c->deadline = now_ms() + tl->ms;
+	c->tprev = tl->tail;
+	if (tl->tail)
+		tl->tail->tnext = c;
+	else
+		tl->head = c;
+	tl->tail = c;
+}
+
+static void poll_stop(struct conn *c)
+{
+	if (!c->polling)
+		return;
+	if (c->pprev)
+		c->pprev->pnext = c->pnext;
+	else
+		c->px->poll_head = c->pnext;
+	if (c->pnext)
+		c->pnext->pprev = c->pprev;
+	c->pprev = c->pnext = NULL;
+	c->polling = false;
+	c->poll_ms = 0;
+}
+
+/* Look at the connection again soon: the kernel is still moving its bytes. */
+static void poll_later(struct conn *c)
+{
+	c->poll_req = true;
+}
+
+/* After a pump: keep polling, backing off, only if it asked to; or come
+ * back at once if it yielded to other connections with work left. */
+static void poll_update(struct conn *c)
+{
+	if (!c->poll_req && !c->again) {
+		poll_stop(c);
+		return;
+	}
+	if (c->again) {
+		c->poll_at = 0;
+	} else {
+		c->poll_ms = c->poll_ms ? c->poll_ms * 2 : POLL_MIN_MS;
+		if (c->poll_ms > POLL_MAX_MS)
+			c->poll_ms = POLL_MAX_MS;
+		c->poll_at = now_ms() + c->poll_ms;
+	}
+	if (c->polling)
+		return;
+	c->polling = true;
+	c->pprev = NULL;
+	c->pnext = c->px->poll_head;
+	if (c->pnext)
+		c->pnext->pprev = c;
+	c->px->poll_head = c;
+}
+
+/* ---- endpoints -------------------------------------------------------- */
+
+static void ep_init(struct endpoint *ep, struct conn *c, int fd)
+{
+	memset(ep, 0, sizeof(*ep));
+	ep->conn = c;
+	ep->fd = fd;
+	ep->slot = -1;
+	ep->pc = &ep->local;
+}
+
+static int ep_watch(struct endpoint *ep, uint32_t events)
+{
+	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = ep };
+	int op = ep->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+
+	if (ep->events == (events | EPOLLET))
+		return 0;
+	if (epoll_ctl(ep->conn->px->epfd, op, ep->fd, &ev))
+		return -1;
+	ep->events = events | EPOLLET;
+	return 0;
+}
+
+/* Take the endpoint out of the data path and close it. */
+static void ep_release(struct proxy *px, struct endpoint *ep)
+{
+	if (ep->fd < 0)
+		return;
+	if (ep->in_map)
+		datapath_remove(px->dp, ep->slot, ep->cookie);
+	close(ep->fd);
+	if (ep->slot >= 0)
+		datapath_slot_free(px->dp, ep->slot);
+	ep->fd = -1;
+	ep->slot = -1;
+	ep->in_map = false;
+	ep->events = 0;
+	ep->pc = &ep->local;
+	memset(&ep->local, 0, sizeof(ep->local));
+}
+
+/* Every byte the kernel redirected into this endpoint has entered its socket. */
+static bool ep_drained(struct conn *c, struct endpoint *ep)
+{
+	struct endpoint *other = ep == &c->cli ? &c->be : &c->cli;
+	uint64_t expect = ep->pc->out_base, acc;
+
+	if (!ep->in_map && !other->in_map)
+		return true;
+	if (other->fd >= 0)
+		expect += other->pc->fwd;
+	if (sock_accepted(ep->fd, &acc))
+		return false;
+	return acc >= expect;
+}
+
+/* Write into an endpoint from userspace; returns bytes written or -1. */
+static ssize_t ep_send(struct endpoint *ep, const void *buf, size_t len)
+{
+	ssize_t n = send(ep->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+	if (n > 0)
+		ep->pc->out_base += n;
+	else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		n = 0;
+	return n;
+}
+
+/* The kernel is still moving bytes into ep: look again when its socket has
+ * room (EPOLLOUT), and on a timer in case the last bytes need no room. */
+static void wait_drain(struct conn *c, struct endpoint *ep)
+{
+	ep->want_out = true;
+	poll_later(c);
+}
+
+/* EPOLLOUT only while something waits for room: bulk traffic the kernel
+ * moves would otherwise wake us for every drained segment. */
+static void update_interest(struct conn *c)
+{
+	struct endpoint *eps[2] = { &c->cli, &c->be };
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		struct endpoint *ep = eps[i];
+
+		if (ep->fd < 0 || !ep->events)
+			continue;
+		ep_watch(ep, EPOLLIN | EPOLLRDHUP | (ep->want_out ? EPOLLOUT : 0));
+	}
+}
+
+/* ---- answers ---------------------------------------------------------- */
+
+static const char *reason_phrase(uint16_t status)
+{
+	switch (status) {
+	case 400: return "Bad Request";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 431: return "Request Header Fields Too Large";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 505: return "HTTP Version Not Supported";
+	}
+	return "Error";
+}
+
+static void count_error(struct proxy *px, uint16_t status)
+{
+	int i = status == 400 ? 0 : status == 404 ? 1 : status == 408 ? 2 :
+		status == 431 ? 3 : status == 503 ? 4 : 5;
+
+	px->st.errors[i]++;
+}
+
+static void build_reply(struct conn *c, uint16_t status, const char *why)
+{
+	char body[160];
+	int blen;
+
+	blen = snprintf(body, sizeof(body), "%u %s%s%s\n", status, reason_phrase(status),
+			why ? ": " : "", why ? why : "");
+	c->reply_len = snprintf(c->reply, sizeof(c->reply),
+				"HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+				"Connection: close\r\n\r\n%s",
+				status, reason_phrase(status), blen, body);
+	c->reply_off = 0;
+	c->status = status;
+	count_error(c->px, status);
+}
+
+/* ---- the first head -------------------------------------------------- */
+
+enum head_result { HEAD_MORE, HEAD_ROUTED, HEAD_ERROR };
+
+/* Frame and route the peeked bytes. */
+static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t n,
+				   int *svc, uint16_t *status)
+{
+	struct ps_frame fr;
+	uint8_t path[PS_PATH_MAX];
+	int best = -1, ev;
+	size_t i;
+
+	ps_frame_init(&fr, PS_FRAME_REQUEST, px->o.head_max);
+	for (i = 0; i < n; i++) {
+		ev = ps_frame_byte(&fr, buf[i], path);
+		switch (ev) {
+		case PS_EV_PREFIX:
+		case PS_EV_PATH_END:
+			if (fr.prefix_len && fr.prefix_len < PS_PATH_MAX) {
+				int id = router_lookup(px->rt, fr.prefix_hash, path, fr.prefix_len);
+
+				if (id >= 0)
+					best = id;
+			}
+			break;
+		case PS_EV_HEAD_END:
+			if (best < 0) {
+				*status = 404;
+				return HEAD_ERROR;
+			}
+			*svc = best;
+			return HEAD_ROUTED;
+		case PS_EV_ERROR:
+			*status = fr.error;
+			return HEAD_ERROR;
+		}
+	}
+	return HEAD_MORE;
+}
+
+/* ---- connection setup ------------------------------------------------ */
+
+static void fail(struct conn *c, uint16_t status, const char *why);
+static void splice_setup(struct conn *c);
+
+static void connect_next(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct backend b;
+	int fd, one = 1;
+
+	for (;;) {
+		if (router_pick(px->rt, c->next_svc, &c->tried, &b)) {
+			char why[96];
+
+			snprintf(why, sizeof(why), "no live instance of %s",
+				 router_service_name(px->rt, c->next_svc));
+			pr_warn("%s:%u: %s", inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), why);
+			fail(c, 503, why);
+			return;
+		}
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			pr_err("socket: %s", strerror(errno));
+			fail(c, 503, "out of sockets");
+			return;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		ep_init(&c->be, c, fd);
+		c->inst = b.inst;
+		if (connect(fd, (struct sockaddr *)&b.addr, sizeof(b.addr)) == 0 || errno == EINPROGRESS) {
+			c->state = CS_CONNECTING;
+			if (ep_watch(&c->be, EPOLLOUT | EPOLLIN | EPOLLRDHUP)) {
+				ep_release(px, &c->be);
+				fail(c, 503, "epoll");
+				return;
+			}
+			timer_start(c, T_CONNECT);
+			return;
+		}
+		px->st.connect_failures++;
+		pr_warn("instance %s (%s:%u) of %s: connect: %s", router_instance_id(px->rt, b.inst),
+			inet_ntoa(b.addr.sin_addr), ntohs(b.addr.sin_port),
+			router_service_name(px->rt, c->next_svc), strerror(errno));
+		ep_release(px, &c->be);
+	}
+}
+
+static void on_connect_result(struct conn *c, bool timed_out)
+{
+	struct proxy *px = c->px;
+	socklen_t len = sizeof(int);
+	int err = 0;
+
+	if (timed_out)
+		err = ETIMEDOUT;
+	else if (getsockopt(c->be.fd, SOL_SOCKET, SO_ERROR, &err, &len))
+		err = errno;
+	if (err) {
+		px->st.connect_failures++;
+		pr_warn("instance %s of %s: connect: %s", router_instance_id(px->rt, c->inst),
+			router_service_name(px->rt, c->next_svc), strerror(err));
+		ep_release(px, &c->be);
+		connect_next(c);
+		return;
+	}
+	timer_stop(c);
+	splice_setup(c);
+}
+
+static void dir_reset(struct dir *d)
+{
+	d->consumed = 0;
+	d->handbacks = 0;
+	d->armed_at = 0;
+	d->w = d->p = d->e = 0;
+	d->raw = 0;
+	d->in_msg = false;
+	d->fin = d->eof = d->shut = false;
+	d->ordered = false;
+}
+
+/* The backend is connected: splice it with the client (or, after a re-route,
+ * give the client its new peer). */
+static void splice_setup(struct conn *c)
+{
+	struct proxy *px = c->px;
+	bool first = c->svc < 0;
+	struct ps_conn *cp, *bp;
+	int err;
+
+	if (first && c->cli.slot < 0) {
+		c->cli.slot = datapath_slot_alloc(px->dp);
+		if (c->cli.slot >= 0)
+			c->cli.pc = datapath_conn(px->dp, c->cli.slot);
+	}
+	if (c->cli.slot >= 0) {
+		c->be.slot = datapath_slot_alloc(px->dp);
+		if (c->be.slot >= 0)
+			c->be.pc = datapath_conn(px->dp, c->be.slot);
+	}
+	cp = c->cli.pc;
+	bp = c->be.pc;
+
+	bp->peer = c->cli.slot;
+	bp->side = PS_SIDE_BACKEND;
+	bp->inst = c->inst;
+	ps_frame_init(&bp->fr, PS_FRAME_RESPONSE, px->o.resp_head_max);
+	cp->peer = c->be.slot;
+	cp->service = c->next_svc;
+	cp->inst = c->inst;
+	if (first) {
+		cp->side = PS_SIDE_CLIENT;
+		ps_frame_init(&cp->fr, PS_FRAME_REQUEST, px->o.head_max);
+		c->req.best = -1;
+	}
+	c->svc = c->next_svc;
+	c->state = CS_OPEN;
+	dir_reset(&c->resp);
+
+	/* backend first: a redirect to a key not yet in the map drops the data */
+	if (c->be.slot >= 0 && c->cli.slot >= 0 && (c->cli.in_map || first)) {
+		err = datapath_insert(px->dp, c->be.slot, c->be.fd, &c->be.cookie);
+		if (!err) {
+			c->be.in_map = true;
+			if (first) {
+				err = datapath_insert(px->dp, c->cli.slot, c->cli.fd, &c->cli.cookie);
+				if (!err)
+					c->cli.in_map = true;
+				else	/* e.g. the client already half-closed: relay it */
+					pr_debug("client not spliceable (%s): relaying", strerror(-err));
+			}
+		} else {
+			pr_debug("backend not spliceable (%s): relaying", strerror(-err));
+		}
+	}
+	if (!c->cli.in_map && c->be.in_map) {
+		datapath_remove(px->dp, c->be.slot, c->be.cookie);
+		c->be.in_map = false;
+	}
+	if (first) {
+		if (c->cli.in_map)
+			px->st.spliced++;
+		else
+			px->st.relayed++;
+	}
+	/* a socket in the map starts in the kernel's hands; the kernel reads
+	 * the request head from the client's queue itself */
+	bp->mode = c->be.in_map ? PS_MODE_KERNEL : PS_MODE_USER;
+	if (first)
+		cp->mode = c->cli.in_map ? PS_MODE_KERNEL : PS_MODE_USER;
+	c->req.src = &c->cli;
+	c->req.dst = &c->be;
+	c->resp.src = &c->be;
+	c->resp.dst = &c->cli;
+	ep_watch(&c->be, EPOLLIN | EPOLLRDHUP);
+	if (c->be.in_map)
+		splice_kick(c->be.fd);
+	if (first && c->cli.in_map)
+		splice_kick(c->cli.fd);
+	if (c->block == BLK_SWITCH) {
+		/* the waiting request is framed again, now for this backend */
+		c->block = BLK_NONE;
+		c->req.ordered = true;
+	}
+	c->tried = 0;
+	pr_debug("%s:%u -> %s/%s%s", inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port),
+		 router_service_name(px->rt, c->svc), router_instance_id(px->rt, c->inst),
+		 c->cli.in_map ? " (spliced)" : " (relayed)");
+	pump(c);
+}
+
+/* Answer with an error once every earlier response has gone out. */
+static void fail(struct conn *c, uint16_t status, const char *why)
+{
+	build_reply(c, status, why);
+	c->block = BLK_REPLY;
+	if (c->state == CS_HEAD || c->state == CS_CONNECTING)
+		c->state = CS_OPEN;
+	if (c->req.src == NULL) {
+		c->req.src = &c->cli;
+		c->req.dst = &c->be;
+		c->resp.src = &c->be;
+		c->resp.dst = &c->cli;
+	}
+	timer_stop(c);
+	pump(c);
+}
+
+/* ---- the head state -------------------------------------------------- */
+
+static void head_try(struct conn *c)
+{
+	struct proxy *px = c->px;
+	enum head_result r;
+	uint16_t status = 0;
+	ssize_t n;
+	int svc;
+
+	n = recv(c->cli.fd, px->peek, px->o.head_max + 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			conn_close(c);
+		return;
+	}
+	if (n == 0) {
+		conn_close(c);
+		return;
+	}
+	r = head_parse(px, px->peek, n, &svc, &status);
+	if (r == HEAD_MORE) {
+		if (c->req.fin) {
+			/* the client closed its side before finishing the head */
+			conn_close(c);
+		}
+		return;
+	}
+	if (r == HEAD_ERROR) {
+		fail(c, status, status == 404 ? "no service for this path" : NULL);
+		return;
+	}
+	timer_stop(c);
+	c->next_svc = svc;
+	c->tried = 0;
+	connect_next(c);
+}
+
+/* ---- relaying in userspace ------------------------------------------- */
+
+static bool dir_kernel_owned(struct dir *d)
+{
+	return d->src->in_map && splice_kernel_owned(d->src->pc);
+}
+
+/* The kernel handed this direction back: take over its state. */
+static void dir_sync(struct dir *d)
+{
+	struct ps_conn *pc = d->src->pc;
+	struct ps_frame *fr = &pc->fr;
+
+	if (!d->src->in_map || pc->handbacks == d->handbacks)
+		return;
+	d->handbacks = pc->handbacks;
+	d->conn->px->st.handbacks++;
+	d->armed_at = 0;
+	d->ordered = false;
+	d->raw = pc->hb_skip;
+	/* the framer state is the one at the end of the raw bytes */
+	d->in_msg = !ps_frame_at_start(fr);
+	d->msg_start = d->p + d->raw;
+	d->head_done = d->in_msg && fr->state >= PS_FS_BODY;
+	d->upgrade = false;
+	pr_debug("hand-back on %s side: reason %u, %u bytes for the current peer",
+		 d->req ? "client" : "backend", pc->hb_reason, pc->hb_skip);
+}
+
+/* Read what src has for userspace, until EAGAIN or a full buffer. */
+static int dir_read(struct dir *d)
+{
+	ssize_t n;
+
+	if (d->eof || d->src->fd < 0 || dir_kernel_owned(d))
+		return 0;
+	dir_sync(d);
+	if (!d->buf && !(d->buf = malloc(BUF_SIZE)))
+		return -1;
+	if (d->w == d->e) {
+		d->w = d->p = d->e = 0;
+		d->msg_start = 0;
+	} else if (d->e == BUF_SIZE && d->w > 0) {
+		/* bytes not yet written move to the front */
+		memmove(d->buf, d->buf + d->w, d->e - d->w);
+		d->e -= d->w;
+		d->p -= d->w;
+		d->msg_start -= d->w;
+		d->w = 0;
+	}
+	while (d->e < BUF_SIZE) {
+		n = recv(d->src->fd, d->buf + d->e, BUF_SIZE - d->e, MSG_DONTWAIT);
+		if (n > 0) {
+			d->e += n;
+			d->consumed += n;
+			d->conn->moved += n;
+		} else if (n == 0) {
+			d->eof = true;
+			d->fin = true;
+			break;
+		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			break;
+		} else if (errno != EINTR) {
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void block_request(struct conn *c, enum block why)
+{
+	struct dir *d = &c->req;
+
+	c->block = why;
+	if (why == BLK_SWITCH || why == BLK_REPLY) {
+		/* frame the message again once it has somewhere to go */
+		d->p = d->msg_start;
+		d->in_msg = false;
+		ps_frame_next(&c->cli.pc->fr);
+	}
+}
+
+/* A request's path is known: does it still go to the current backend? */
+static void request_routed(struct conn *c)
+{
+	struct dir *d = &c->req;
+
+	if (d->best < 0) {
+		build_reply(c, 404, "no service for this path");
+		block_request(c, BLK_REPLY);
+		return;
+	}
+	if (d->best == c->svc && c->be.fd >= 0 && !c->resp.fin)
+		return;
+	c->next_svc = d->best;
+	block_request(c, BLK_SWITCH);
+}
+
+static void tunnel(struct conn *c)
+{
+	struct ps_frame *fr = &c->cli.pc->fr;
+
+	/* from the 101 on both directions are an opaque byte pipe */
+	ps_frame_next(fr);
+	fr->state = PS_FS_BODY;
+	fr->remaining = PS_FRAME_INFINITE;
+	fr->flags = PS_FF_TUNNEL;
+	c->block = BLK_NONE;
+	pr_debug("%s:%u upgraded: tunnel", inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port));
+}
+
+static void on_request_event(struct conn *c, int ev)
+{
+	struct dir *d = &c->req;
+	struct ps_conn *cp = c->cli.pc;
+	struct ps_frame *fr = &cp->fr;
+	int id;
+
+	switch (ev) {
+	case PS_EV_PREFIX:
+	case PS_EV_PATH_END:
+		if (fr->prefix_len && fr->prefix_len < PS_PATH_MAX) {
+			id = router_lookup(c->px->rt, fr->prefix_hash, cp->path, fr->prefix_len);
+			if (id >= 0)
+				d->best = id;
+		}
+		if (ev == PS_EV_PATH_END)
+			request_routed(c);
+		break;
+	case PS_EV_HEAD_END:
+		d->head_done = true;
+		d->upgrade = fr->flags & (PS_FF_UPGRADE | PS_FF_CONN_UPGRADE);
+		if (fr->flags & PS_FF_HEAD)
+			cp->head_bits |= 1ULL << (cp->msgs & 63);
+		else
+			cp->head_bits &= ~(1ULL << (cp->msgs & 63));
+		if (d->upgrade)
+			c->upgrade_idx = cp->msgs;
+		cp->msgs++;
+		break;
+	case PS_EV_MSG_END:
+		d->in_msg = false;
+		if (d->upgrade) {
+			d->upgrade = false;
+			c->block = BLK_UPGRADE;
+		}
+		break;
+	case PS_EV_ERROR:
+		build_reply(c, fr->error, NULL);
+		block_request(c, BLK_REPLY);
+		break;
+	}
+}
+
+static void on_response_event(struct conn *c, int ev)
+{
+	struct ps_conn *bp = c->be.pc;
+	struct ps_frame *fr = &bp->fr;
+
+	switch (ev) {
+	case PS_EV_HEAD_END:
+		if (fr->flags & PS_FF_TUNNEL) {
+			if (c->block == BLK_UPGRADE)
+				tunnel(c);
+		} else if (!(fr->flags & PS_FF_INTERIM) && c->block == BLK_UPGRADE &&
+			   bp->msgs == c->upgrade_idx) {
+			/* upgrade refused: the connection stays HTTP */
+			c->block = BLK_NONE;
+		}
+		break;
+	case PS_EV_MSG_END:
+		c->resp.in_msg = false;
+		bp->msgs++;
+		break;
+	case PS_EV_ERROR:
+		pr_warn("instance %s sent a response that cannot be framed (%u)",
+			router_instance_id(c->px->rt, c->inst), fr->error);
+		c->dead = true;
+		break;
+	}
+}
+
+/* Frame what was read, as far as it may go. */
+static void dir_process(struct dir *d)
+{
+	struct conn *c = d->conn;
+	struct ps_conn *pc = d->src->pc;
+	struct ps_frame *fr = &pc->fr;
+	uint64_t n;
+	int ev;
+
+	while (!c->dead) {
+		if (d->req && c->block)
+			return;
+		if (d->raw && d->p < d->e) {
+			n = d->e - d->p < d->raw ? d->e - d->p : d->raw;
+			d->p += n;
+			d->raw -= n;
+			continue;
+		}
+		if (ps_frame_in_body(fr)) {
+			n = ps_frame_body_left(fr);
+			if (n && d->p == d->e)
+				return;
+			if (n > d->e - d->p)
+				n = d->e - d->p;
+			d->p += n;
+			ev = ps_frame_skip(fr, n);
+		} else {
+			if (d->p == d->e)
+				return;
+			if (ps_frame_at_start(fr) && !d->in_msg) {
+				if (d->req && pc->msgs - c->be.pc->msgs >= 63)
+					return;	/* too deep a pipeline: wait for responses */
+				d->in_msg = true;
+				d->msg_start = d->p;
+				d->head_done = false;
+				d->best = -1;
+				if (!d->req && (c->cli.pc->head_bits & (1ULL << (pc->msgs & 63))))
+					fr->flags |= PS_FF_REQ_HEAD;
+			}
+			ev = ps_frame_byte(fr, d->buf[d->p++], pc->path);
+		}
+		if (ev == PS_EV_NONE)
+			continue;
+		if (d->req)
+			on_request_event(c, ev);
+		else
+			on_response_event(c, ev);
+	}
+}
+
+/* How far the framed bytes may be written. */
+static uint32_t dir_limit(struct dir *d)
+{
+	if (d->req && d->in_msg && !d->head_done)
+		return d->msg_start;
+	return d->p;
+}
+
+/* Write framed bytes to dst, once the kernel's bytes are all in it. */
+static int dir_flush(struct dir *d)
+{
+	struct conn *c = d->conn;
+	uint32_t limit = dir_limit(d);
+	ssize_t n;
+
+	if (d->w >= limit || d->dst->fd < 0 || d->shut)
+		return 0;
+	if (!d->ordered) {
+		if (!ep_drained(c, d->dst)) {
+			wait_drain(c, d->dst);
+			return 0;
+		}
+		d->ordered = true;
+	}
+	n = ep_send(d->dst, d->buf + d->w, limit - d->w);
+	if (n < 0)
+		return -1;
+	d->w += n;
+	c->moved += n;
+	if (d->w < limit)
+		d->dst->want_out = true;
+	return 0;
+}
+
+/* Give the direction back to the kernel when userspace holds none of it. */
+static void dir_try_arm(struct dir *d)
+{
+	struct conn *c = d->conn;
+	struct ps_conn *pc = d->src->pc;
+
+	if (d->w != d->e || d->raw)
+		return;
+	/* not the kernel's for now: userspace relays, TCP paces it */
+	if (!d->src->in_map || !d->dst->in_map || c->state != CS_OPEN || c->dead || d->eof ||
+	    c->block || (d->req && ps_frame_before_route(&pc->fr)))
+		return;
+	if (d->armed_at == d->consumed + 1 || __atomic_load_n(&pc->mode, __ATOMIC_ACQUIRE) ==
+	    PS_MODE_KERNEL)
+		return;
+	/* bytes passed but not read yet: read them first (the kernel would
+	 * refuse the arm anyway, and no new edge would tell us about them) */
+	if (__atomic_load_n(&pc->passed, __ATOMIC_ACQUIRE) != d->consumed)
+		return;
+	if (!d->ordered) {
+		/* the kernel would queue behind bytes it already queued: only
+		 * give it the stream once those have drained (flow control) */
+		if (!ep_drained(c, d->dst)) {
+			wait_drain(c, d->dst);
+			return;
+		}
+		d->ordered = true;
+	}
+	d->w = d->p = d->e = 0;
+	d->in_msg = !ps_frame_at_start(&pc->fr);
+	d->armed_at = d->consumed + 1;
+	d->ordered = false;
+	splice_arm(pc, d->consumed);
+}
+
+/* The whole stream of src has been delivered: shut dst down. */
+static void dir_try_finish(struct dir *d)
+{
+	struct conn *c = d->conn;
+	struct ps_conn *pc = d->src->pc;
+	uint64_t rcvd;
+
+	if (d->shut || !d->fin || d->dst->fd < 0)
+		return;
+	if (dir_kernel_owned(d)) {
+		/* everything that arrived went through the verdict, and every
+		 * byte it redirected has entered dst */
+		if (sock_received(d->src->fd, &rcvd) ||
+		    rcvd != pc->passed + pc->fwd + d->fwd_retired || !ep_drained(c, d->dst)) {
+			poll_later(c);
+			return;
+		}
+	} else {
+		if (!d->eof || (d->req && c->block))
+			return;
+		if (d->req && d->in_msg && !d->head_done)
+			d->e = d->p = d->msg_start;	/* a request cut short goes nowhere */
+		if (d->w < d->e)
+			return;
+	}
+	shutdown(d->dst->fd, SHUT_WR);
+	d->shut = true;
+	if (!c->req.shut || !c->resp.shut)
+		timer_start(c, T_FIN);
+}
+
+/* The request waiting at the head of the request direction may proceed once
+ * the backend has answered everything sent before it. */
+static void try_unblock(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct dir *req = &c->req, *resp = &c->resp;
+
+	if (c->block == BLK_UPGRADE && dir_kernel_owned(resp)) {
+		/* the answer to the upgrade decides what the connection becomes */
+		splice_take(c->be.pc);
+		dir_read(resp);
+	}
+	if (c->block != BLK_SWITCH && c->block != BLK_REPLY)
+		return;
+	if (req->w < req->msg_start && c->be.fd >= 0)
+		return;	/* earlier request bytes still going to the backend */
+	if (c->be.fd >= 0 && c->be.pc->msgs < c->cli.pc->msgs && !resp->eof) {
+		if (dir_kernel_owned(resp)) {
+			/* watch the responses finish from here */
+			splice_take(c->be.pc);
+			dir_read(resp);
+		}
+		return;
+	}
+	if (resp->w < resp->e)
+		return;
+	if (c->block == BLK_REPLY) {
+		if (!ep_drained(c, &c->cli)) {
+			wait_drain(c, &c->cli);
+			return;
+		}
+		while (c->reply_off < c->reply_len) {
+			ssize_t n = ep_send(&c->cli, c->reply + c->reply_off,
+					    c->reply_len - c->reply_off);
+
+			if (n <= 0) {
+				if (n < 0)
+					c->dead = true;
+				else
+					c->cli.want_out = true;
+				return;
+			}
+			c->reply_off += n;
+		}
+		if (c->be.fd >= 0 && dir_kernel_owned(resp))
+			splice_take(c->be.pc);
+		ep_release(px, &c->be);
+		shutdown(c->cli.fd, SHUT_WR);
+		c->state = CS_LINGER;
+		req->e = req->p = req->w = 0;
+		timer_start(c, T_LINGER);
+		return;
+	}
+	/* BLK_SWITCH: retire the backend, connect one of the next service */
+	if (c->be.fd >= 0) {
+		if (dir_kernel_owned(resp))
+			splice_take(c->be.pc);
+		c->cli.pc->out_base += c->be.pc->fwd;
+		ep_release(px, &c->be);
+	}
+	/* counters of the client slot are relative to its current backend */
+	req->fwd_retired += c->cli.pc->fwd;
+	c->cli.pc->fwd = 0;
+	c->cli.pc->msgs = 0;
+	c->cli.pc->head_bits = 0;
+	px->st.reroutes++;
+	c->tried = 0;
+	connect_next(c);
+}
+
+/* Move every byte that can move, then decide what is next. */
+static void pump(struct conn *c)
+{
+	uint32_t round;
+
+	if (c->state == CS_HEAD || c->state == CS_CONNECTING)
+		return;
+	c->poll_req = false;
+	c->again = false;
+	c->cli.want_out = c->be.want_out = false;
+	for (round = 0; !c->dead; round++) {
+		if (round == 16) {
+			/* fair to the other connections: finish after this batch */
+			c->again = true;
+			break;
+		}
+		uint64_t before = c->moved + c->req.p + c->resp.p + c->block + c->state +
+				  c->req.shut + c->resp.shut + c->req.armed_at + c->resp.armed_at;
+
+		if (c->state == CS_LINGER) {
+			char sink[4096];
+			ssize_t n;
+
+			while ((n = recv(c->cli.fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
+				;
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+				c->dead = true;
+			break;
+		}
+		if (dir_read(&c->req) || dir_read(&c->resp)) {
+			c->dead = true;
+			break;
+		}
+		dir_process(&c->req);
+		dir_process(&c->resp);
+		if (c->resp.eof && ps_frame_in_body(&c->be.pc->fr) &&
+		    ps_frame_body_left(&c->be.pc->fr) == PS_FRAME_INFINITE &&
+		    !(c->be.pc->fr.flags & PS_FF_TUNNEL)) {
+			/* a body delimited by the connection's end is complete */
+			ps_frame_next(&c->be.pc->fr);
+			c->be.pc->msgs++;
+		}
+		if (dir_flush(&c->req) || dir_flush(&c->resp)) {
+			c->dead = true;
+			break;
+		}
+		try_unblock(c);
+		if (c->state != CS_OPEN)
+			break;
+		dir_try_finish(&c->req);
+		dir_try_finish(&c->resp);
+		dir_try_arm(&c->req);
+		dir_try_arm(&c->resp);
+		if (before == c->moved + c->req.p + c->resp.p + c->block + c->state +
+			      c->req.shut + c->resp.shut + c->req.armed_at + c->resp.armed_at)
+			break;
+	}
+	if (c->dead || (c->state == CS_OPEN && c->req.shut && c->resp.shut)) {
+		conn_close(c);
+		return;
+	}
+	update_interest(c);
+	poll_update(c);
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static void conn_close(struct conn *c)
+{
+	struct proxy *px = c->px;
+
+	if (c->closed)
+		return;
+	c->closed = true;
+	timer_stop(c);
+	poll_stop(c);
+	if (c->be.fd >= 0 && c->be.in_map && splice_kernel_owned(c->be.pc))
+		splice_take(c->be.pc);
+	ep_release(px, &c->be);
+	ep_release(px, &c->cli);
+	free(c->req.buf);
+	free(c->resp.buf);
+	c->req.buf = c->resp.buf = NULL;
+	c->dead = true;
+	if (c->aprev)
+		c->aprev->anext = c->anext;
+	else
+		px->all = c->anext;
+	if (c->anext)
+		c->anext->aprev = c->aprev;
+	if (px->n_grave == px->cap_grave) {
+		size_t cap = px->cap_grave ? px->cap_grave * 2 : 64;
+		struct conn **g = realloc(px->graveyard, cap * sizeof(*g));
+
+		if (!g) {
+			free(c);
+			return;
+		}
+		px->graveyard = g;
+		px->cap_grave = cap;
+	}
+	px->graveyard[px->n_grave++] = c;
+}
+
+static void accept_all(struct proxy *px)
+{
+	for (;;) {
+		struct sockaddr_in addr;
+		socklen_t len = sizeof(addr);
+		int fd, one = 1;
+		struct conn *c;
+
+		fd = accept4(px->lfd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				pr_warn("accept: %s", strerror(errno));
+			return;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		c->px = px;
+		c->addr = addr;
+		c->svc = -1;
+		c->state = CS_HEAD;
+		ep_init(&c->cli, c, fd);
+		ep_init(&c->be, c, -1);
+		c->req.conn = c->resp.conn = c;
+		c->req.req = true;
+		c->req.best = -1;
+		px->st.accepted++;
+		if (ep_watch(&c->cli, EPOLLIN | EPOLLRDHUP)) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		c->anext = px->all;
+		if (px->all)
+			px->all->aprev = c;
+		px->all = c;
+		timer_start(c, T_HEAD);
+		head_try(c);
+	}
+}
+
+static void on_event(struct proxy *px, struct endpoint *ep, uint32_t events)
+{
+	struct conn *c = ep->conn;
+	bool client = ep == &c->cli;
+
+	if (c->closed)
+		return;
+	if (events & EPOLLRDHUP) {
+		if (client)
+			c->req.fin = true;
+		else
+			c->resp.fin = true;
+	}
+	if ((events & EPOLLERR) || ((events & EPOLLHUP) && !(events & EPOLLRDHUP))) {
+		if (!client && c->state == CS_CONNECTING) {
+			on_connect_result(c, false);
+			return;
+		}
+		conn_close(c);
+		return;
+	}
+	switch (c->state) {
+	case CS_HEAD:
+		head_try(c);
+		break;
+	case CS_CONNECTING:
+		if (!client && (events & (EPOLLOUT | EPOLLHUP)))
+			on_connect_result(c, false);
+		else if (client && (events & EPOLLRDHUP) && !(events & EPOLLIN))
+			; /* a half-close now is served by the relay once connected */
+		break;
+	default:
+		pump(c);
+		break;
+	}
+}
+
+static void on_timeout(struct conn *c, enum timer_kind kind)
+{
+	c->tkind = T_NONE;
+	switch (kind) {
+	case T_HEAD:
+		fail(c, 408, NULL);
+		break;
+	case T_CONNECT:
+		on_connect_result(c, true);
+		break;
+	default:
+		conn_close(c);
+		break;
+	}
+}
+
+static int run_timers(struct proxy *px)
+{
+	uint64_t now = now_ms(), next = now + 1000;
+	struct conn *c, *nc;
+	int k;
+
+	for (k = T_HEAD; k < T_KINDS; k++) {
+		struct timer_list *tl = &px->timers[k];
+
+		while ((c = tl->head) && c->deadline <= now) {
+			timer_stop(c);
+			on_timeout(c, k);
+		}
+		if (tl->head && tl->head->deadline < next)
+			next = tl->head->deadline;
+	}
+	for (c = px->poll_head; c; c = nc) {
+		nc = c->pnext;
+		if (c->poll_at <= now)
+			pump(c);
+	}
+	for (c = px->poll_head; c; c = c->pnext)
+		if (c->poll_at < next)
+			next = c->poll_at;
+	return next > now ? (int)(next - now) : 0;
+}
+
+static void bury(struct proxy *px)
+{
+	size_t i;
+
+	for (i = 0; i < px->n_grave; i++)
+		free(px->graveyard[i]);
+	px->n_grave = 0;
+}
+
+struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, struct router *rt)
+{
+	struct proxy *px = calloc(1, sizeof(*px) + opts->head_max + 1);
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct rlimit rl;
+	int one = 1;
+
+	if (!px)
+		return NULL;
+	px->o = *opts;
+	px->dp = dp;
+	px->rt = rt;
+	px->lfd = -1;
+	px->timers[T_HEAD].ms = opts->head_timeout_ms;
+	px->timers[T_CONNECT].ms = opts->connect_timeout_ms;
+	px->timers[T_FIN].ms = opts->fin_timeout_ms;
+	px->timers[T_LINGER].ms = opts->linger_ms;
+
+	/* two sockets per connection */
+	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+
+	px->epfd = epoll_create1(EPOLL_CLOEXEC);
+	px->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (px->epfd < 0 || px->lfd < 0)
+		goto err;
+	setsockopt(px->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(px->lfd, (struct sockaddr *)&opts->listen, sizeof(opts->listen))) {
+		pr_err("cannot listen on %s:%u: %s", inet_ntoa(opts->listen.sin_addr),
+		       ntohs(opts->listen.sin_port), strerror(errno));
+		goto err;
+	}
+	if (listen(px->lfd, 4096)) {
+		pr_err("listen: %s", strerror(errno));
+		goto err;
+	}
+	ev.data.ptr = NULL;
+	if (epoll_ctl(px->epfd, EPOLL_CTL_ADD, px->lfd, &ev))
+		goto err;
+	return px;
+err:
+	proxy_free(px);
+	return NULL;
+}
+
+int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
+{
+	struct epoll_event evs[MAX_EVENTS];
+	int timeout = 1000, n, i;
+
+	pr_info("listening on %s:%u", inet_ntoa(px->o.listen.sin_addr), ntohs(px->o.listen.sin_port));
+	while (!*stop) {
+		n = epoll_wait(px->epfd, evs, MAX_EVENTS, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			pr_err("epoll_wait: %s", strerror(errno));
+			return -1;
+		}
+		for (i = 0; i < n; i++) {
+			if (!evs[i].data.ptr)
+				accept_all(px);
+			else
+				on_event(px, evs[i].data.ptr, evs[i].events);
+		}
+		timeout = run_timers(px);
+		bury(px);
+	}
+	return 0;
+}
+
+const struct proxy_stats *proxy_stats(const struct proxy *px)
+{
+	return &px->st;
+}
+
+void proxy_free(struct proxy *px)
+{
+	struct conn *c;
+
+	if (!px)
+		return;
+	/* close every connection still open: their sockets leave the maps */
+	while ((c = px->all))
+		conn_close(c);
+	bury(px);
+	free(px->graveyard);
+	if (px->lfd >= 0)
+		close(px->lfd);
+	if (px->epfd >= 0)
+		close(px->epfd);
+	free(px);
+}

@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The proxy: accepts client connections, reads the head of each new request,
+ * connects to an instance of its service and splices the two sockets in the
+ * kernel. Whatever the kernel hands back (another service, an upgrade,
+ * framing it does not take, a congested peer, a half-closed client) is
+ * relayed here, message by message, until the kernel can take over again.
+ */
+#ifndef PS_PROXY_H
+#define PS_PROXY_H
+
+#include <signal.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+#include "datapath.h"
+#include "router.h"
+
+struct proxy_opts {
+	struct sockaddr_in listen;
+	uint32_t head_max;		/* request head limit (431 beyond) */
+	uint32_t resp_head_max;		/* response head limit */
+	uint32_t head_timeout_ms;	/* 408 when a head takes longer */
+	uint32_t connect_timeout_ms;	/* to an instance, before trying the next */
+	uint32_t fin_timeout_ms;	/* a half-closed connection's other half */
+	uint32_t linger_ms;		/* reading after an error answer, before close */
+};
+
+struct proxy_stats {
+	uint64_t accepted;
+	uint64_t spliced;		/* connections whose sockets entered the sockhash */
+	uint64_t relayed;		/* connections relayed in userspace only (e.g. half-closed) */
+	uint64_t handbacks;
+	uint64_t reroutes;		/* keep-alive connections moved to another service */
+	uint64_t errors[6];		/* 400, 404, 408, 431, 503, other */
+	uint64_t connect_failures;
+};
+
+struct proxy;
+
+struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, struct router *rt);
+/* Serve until *stop becomes non-zero. Returns 0, or -1 on a fatal error. */
+int proxy_run(struct proxy *px, volatile sig_atomic_t *stop);
+const struct proxy_stats *proxy_stats(const struct proxy *px);
+void proxy_free(struct proxy *px);
+
+#endif
