@@ -322,6 +322,8 @@ static void update_interest(struct conn *c)
 	struct endpoint *eps[2] = { &c->cli, &c->be };
 	int i;
 
+	if (c->state != CS_OPEN && c->state != CS_LINGER)
+		return;	/* a connect in progress waits for its own EPOLLOUT */
 	for (i = 0; i < 2; i++) {
 		struct endpoint *ep = eps[i];
 
@@ -954,9 +956,9 @@ static void dir_try_finish(struct dir *d)
 		return;
 	if (dir_kernel_owned(d)) {
 		/* everything that arrived went through the verdict, and every
-		 * byte it redirected has entered dst */
+		 * byte it redirected has entered dst (the FIN counts one) */
 		if (sock_received(d->src->fd, &rcvd) ||
-		    rcvd != pc->passed + pc->fwd + d->fwd_retired || !ep_drained(c, d->dst)) {
+		    rcvd != pc->passed + pc->fwd + d->fwd_retired + 1 || !ep_drained(c, d->dst)) {
 			poll_later(c);
 			return;
 		}
@@ -970,7 +972,7 @@ static void dir_try_finish(struct dir *d)
 	}
 	shutdown(d->dst->fd, SHUT_WR);
 	d->shut = true;
-	if (!c->req.shut || !c->resp.shut)
+	if (c->tkind == T_NONE)
 		timer_start(c, T_FIN);
 }
 
@@ -1207,6 +1209,9 @@ static void on_event(struct proxy *px, struct endpoint *ep, uint32_t events)
 			c->req.fin = true;
 		else
 			c->resp.fin = true;
+		/* one side is done: the other gets fin_timeout to finish too */
+		if (c->state == CS_OPEN && c->tkind == T_NONE)
+			timer_start(c, T_FIN);
 	}
 	if ((events & EPOLLERR) || ((events & EPOLLHUP) && !(events & EPOLLRDHUP))) {
 		if (!client && c->state == CS_CONNECTING) {

@@ -90,9 +90,10 @@ test_chunked_response_then_next_request() {
 	bodies_setup || return 1
 	local out
 	out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code} %{size_download}\n' \
-		"$(url '/bulk/a?bytes=100000&chunked=1')" "$(url '/bulk/b?bytes=10')" \
-		-w 'connects=%{num_connects}\n')
-	expect_match "$out" '200 100000' "chunked" &&
-	expect_match "$out" '200 10' "next" &&
+		"$(url '/bulk/a?bytes=100000&chunked=1')" \
+		--next -sS --max-time 10 -o /dev/null -w '%{http_code} %{size_download} connects=%{num_connects}\n' \
+		"$(url '/bulk/b?bytes=10')")
+	expect_eq "$(sed -n 1p <<<"$out")" '200 100000' "chunked response" &&
+	expect_eq "$(sed -n 2p <<<"$out")" '200 10 connects=0' "next request on the same connection" &&
 	stop_pathsplice
 }

@@ -35,6 +35,7 @@ test_sigterm_detaches_and_unpins() {
 
 test_restart_after_crash_cleans_stale_pins() {
 	lifecycle_setup || return 1
+	disown "$PS_PID"	# its death is the point: no job notice
 	kill -KILL "$PS_PID"
 	wait_pid_exit "$PS_PID" 5
 	PS_PID=
