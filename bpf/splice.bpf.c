@@ -17,6 +17,12 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+
+struct ps_frame;
+struct ps_path;
+int frame_byte(struct ps_frame *fr, struct ps_path *path, __u32 c);
+#define ps_frame_slow_byte(fr, c, path) frame_byte(fr, (struct ps_path *)(path), c)
+
 #include "pathsplice.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -81,7 +87,7 @@ struct {
 #define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
-#define CHUNK		64
+#define CHUNK		128
 #define NO_MSG		(~0U)
 
 /* One verdict run over one segment. The framer works on a copy that is
@@ -100,14 +106,18 @@ struct walk {
 	__u32 msgs;		/* working copies of c->msgs, c->head_bits */
 	__u64 head_bits;
 	__u32 m_msgs;		/* ... as they were at msg_off */
-	__u32 buf_off;		/* segment offset of buf[0] */
+	__u32 buf_off;		/* segment offset of ch.buf[0] */
 	__u64 m_head_bits;
-	__u32 buf_len;
 	__s32 best;		/* longest-prefix service id so far, -1 none */
 	__u32 handback;		/* enum ps_handback, set to stop */
 	__u32 hb_at_msg;	/* hand back at msg_off rather than at the segment start */
+	__u32 pad;
 	struct ps_frame fr;
-	__u8 buf[CHUNK];
+	struct ps_chunk {
+		__u32 n;	/* bytes in buf */
+		__u32 pos;	/* next byte to frame */
+		__u8 buf[CHUNK];
+	} ch;
 };
 
 struct scratch {
@@ -137,11 +147,23 @@ struct ps_path {
 	__u8 b[PS_PATH_MAX];
 };
 
+/* One byte of the framer, for the bytes its fast path does not take. */
 __noinline int frame_byte(struct ps_frame *fr, struct ps_path *path, __u32 c)
 {
 	if (!fr || !path)
 		return PS_EV_ERROR;
 	return ps_frame_byte(fr, (__u8)c, path->b);
+}
+
+/* Frame the chunk from ch->pos to an event, a body or its end. */
+__noinline int frame_chunk(struct ps_frame *fr, struct ps_path *path, struct ps_chunk *ch)
+{
+	__u32 n;
+
+	if (!fr || !path || !ch)
+		return PS_EV_ERROR;
+	n = ch->n < CHUNK ? ch->n : CHUNK;
+	return ps_frame_run(fr, ch->buf, n, &ch->pos, path->b);
 }
 
 /* The service whose path is exactly path[0..n), or -1. */
@@ -241,12 +263,13 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 	}
 }
 
-/* bpf_loop callback: one body span or one head byte per step. */
+/* bpf_loop callback: one body span or one chunk of head bytes per step. */
 static long walk_step(__u32 i, struct walk_ctx *x)
 {
 	struct walk *w = x->w;
 	__u32 left, k, n;
 	__u64 body;
+	int ev;
 
 	if (w->handback || w->off > w->len)
 		return 1;
@@ -278,20 +301,20 @@ static long walk_step(__u32 i, struct walk_ctx *x)
 	}
 
 	k = w->off - w->buf_off;
-	if (w->off < w->buf_off || k >= w->buf_len) {
+	if (w->off < w->buf_off || k >= w->ch.n) {
 		n = left < CHUNK ? left : CHUNK;
-		if (bpf_skb_load_bytes(x->skb, w->off, w->buf, n & (2 * CHUNK - 1))) {
+		if (bpf_skb_load_bytes(x->skb, w->off, w->ch.buf, n & (2 * CHUNK - 1))) {
 			stop(w, PS_HB_FRAMING, 0);
 			return 1;
 		}
 		w->buf_off = w->off;
-		w->buf_len = n;
+		w->ch.n = n;
 		k = 0;
 	}
-	if (k >= CHUNK)
-		return 1;
-	w->off++;
-	on_event(x, frame_byte(&w->fr, (struct ps_path *)x->c->path, w->buf[k]));
+	w->ch.pos = k;
+	ev = frame_chunk(&w->fr, (struct ps_path *)x->c->path, &w->ch);
+	w->off = w->buf_off + w->ch.pos;
+	on_event(x, ev);
 	return 0;
 }
 
@@ -326,6 +349,9 @@ static __always_inline __u32 peer_check(struct ps_conn *c, struct ps_conn *p, __
 	__u64 accepted, queued;
 	__u32 reason = 0;
 
+	/* the last look at the peer proved it cannot be over the limit yet */
+	if (c->fwd + len <= c->fc_next)
+		return 0;
 	sk = bpf_map_lookup_elem(&sockets, &peer);
 	if (!sk)
 		return PS_HB_PEER;
@@ -337,8 +363,12 @@ static __always_inline __u32 peer_check(struct ps_conn *c, struct ps_conn *p, __
 	/* every byte ever put into the peer socket: acked + still in its queue */
 	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
 	queued = p->out_base + c->fwd - accepted;
-	if ((__s64)queued > 0 && queued + len > fc_limit)
+	if ((__s64)queued < 0)
+		queued = 0;
+	if (queued + len > fc_limit)
 		reason = PS_HB_CONGESTED;
+	else	/* even if the peer drains nothing, it takes this much more */
+		c->fc_next = c->fwd + fc_limit - queued;
 out:
 	bpf_sk_release(sk);
 	return reason;
@@ -357,7 +387,7 @@ static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct ps_conn 
 	w->msgs = c->msgs;
 	w->head_bits = c->head_bits;
 	w->buf_off = 0;
-	w->buf_len = 0;
+	w->ch.n = 0;
 	w->best = -1;
 	w->handback = 0;
 	w->hb_at_msg = 0;

@@ -856,4 +856,85 @@ static __always_inline int ps_frame_byte(struct ps_frame *fr, __u8 c, __u8 *path
 	return ps_bad(fr);
 }
 
+/*
+ * The bytes that need no decision: the rest of a header name, a header value
+ * the framer does not look into, the reason phrase, the query, and path bytes
+ * between segment boundaries. Consumes `c` and returns 1 when it is one of
+ * them, leaving the state exactly as ps_frame_byte() would; 0 otherwise
+ * (ps_frame_byte() then takes it).
+ */
+static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path)
+{
+	if (fr->head_len >= fr->head_max)
+		return 0;
+	switch (fr->state) {
+	case PS_FS_HDR_VALUE:
+		if (fr->hdr != PS_H_OTHER || c == '\r' || !ps_is_field_byte(c))
+			return 0;
+		break;
+	case PS_FS_HDR_NAME:
+		if (!ps_is_tchar(c))
+			return 0;
+		if (fr->pos < 0xff)
+			ps_name_byte(fr, c);
+		break;
+	case PS_FS_PATH:
+		if (!ps_is_vchar(c) || c == '/' || c == '?' || c == '#')
+			return 0;
+		if (path && fr->path_len < PS_FRAME_PATH_MAX)
+			path[fr->path_len & (PS_FRAME_PATH_MAX - 1)] = c;
+		fr->hash = (fr->hash ^ c) * 0x100000001b3ULL;
+		fr->path_len++;
+		break;
+	case PS_FS_REASON:
+		if (c == '\r' || !ps_is_field_byte(c))
+			return 0;
+		break;
+	case PS_FS_QUERY:
+		if (!ps_is_vchar(c) || c == '#')
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	fr->head_len++;
+	return 1;
+}
+
+#define PS_FRAME_RUN_MAX	256	/* bytes per ps_frame_run(): a bound BPF can see */
+
+/* The BPF side makes ps_frame_byte() a global function, which the verifier
+ * checks once instead of once per loop iteration. */
+#ifndef ps_frame_slow_byte
+#define ps_frame_slow_byte(fr, c, path) ps_frame_byte(fr, c, path)
+#endif
+
+/*
+ * Feed buf[*pos..n) until an event, the start of a body or the end of the
+ * buffer (at most PS_FRAME_RUN_MAX bytes); returns the event and moves *pos
+ * past the bytes consumed. Exactly the same as feeding them one at a time to
+ * ps_frame_byte(), only faster over the bytes the framer merely validates.
+ */
+static __always_inline int ps_frame_run(struct ps_frame *fr, const __u8 *buf, __u32 n,
+					__u32 *pos, __u8 *path)
+{
+	__u32 i = *pos, k;
+	int ev = PS_EV_NONE;
+
+	for (k = 0; k < PS_FRAME_RUN_MAX; k++) {
+		__u8 c;
+
+		if (i >= n || ps_frame_in_body(fr))
+			break;
+		c = buf[i++];
+		if (ps_frame_fast(fr, c, path))
+			continue;
+		ev = ps_frame_slow_byte(fr, c, path);
+		if (ev != PS_EV_NONE)
+			break;
+	}
+	*pos = i;
+	return ev;
+}
+
 #endif /* HTTP_FRAME_H */

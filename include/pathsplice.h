@@ -118,6 +118,8 @@ struct ps_conn {
 	/* byte accounting, for ordering and flow control */
 	__u64 fwd;			/* bytes the kernel redirected from this socket to the peer */
 	__u64 out_base;			/* bytes put into this socket other than the peer's fwd */
+	__u64 fc_next;			/* fwd up to which the peer cannot reach the flow limit;
+					 * userspace zeroes it when it arms (forces a check) */
 
 	/* HTTP framing of the bytes arriving on this socket */
 	__u32 msgs;			/* client: request heads sent on; backend: responses completed */

@@ -21,11 +21,15 @@ PS_LOG=
 
 # Ports: each test gets its own block of 20, from a base the runner picks.
 PORT_BASE=${PORT_BASE:-17000}
-# alloc_port VAR...: give each VAR a fresh port of this test's block
+# alloc_port VAR...: give each VAR a fresh port of this test's block that
+# nothing else listens on
 alloc_port() {
 	local v
 	for v in "$@"; do
 		T_PORT=$((T_PORT + 1))
+		while ss -Hltn "sport = :$T_PORT" | grep -q .; do
+			T_PORT=$((T_PORT + 1))
+		done
 		printf -v "$v" '%s' "$T_PORT"
 	done
 }
@@ -34,7 +38,7 @@ test_begin() {
 	local name=$1 index=$2
 	T_DIR=$(mktemp -d "/tmp/pstest.$name.XXXXXX")
 	T_PIDS=()
-	T_PORT=$((PORT_BASE + index * 20))
+	T_PORT=$((PORT_BASE + index * 40))
 	PS_PID=
 	PS_PIN=/sys/fs/bpf/pstest-$$-$index
 	PS_LOG=$T_DIR/pathsplice.log

@@ -120,7 +120,9 @@ run_integration() {
 		) &
 		pid=$!
 		set +m
-		( sleep "$TEST_TIMEOUT"; kill -TERM -- -"$pid" 2>/dev/null ) 2>/dev/null &
+		# the watchdog must not hold our stdout open once the test is over
+		( exec >/dev/null 2>&1; sleep "$TEST_TIMEOUT" & s=$!; trap 'kill $s' TERM; wait $s &&
+			kill -TERM -- -"$pid" ) &
 		wd=$!
 		wait "$pid"
 		rc=$?

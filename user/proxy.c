@@ -386,11 +386,11 @@ static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t 
 	struct ps_frame fr;
 	uint8_t path[PS_PATH_MAX];
 	int best = -1, ev;
-	size_t i;
+	__u32 pos = 0;
 
 	ps_frame_init(&fr, PS_FRAME_REQUEST, px->o.head_max);
-	for (i = 0; i < n; i++) {
-		ev = ps_frame_byte(&fr, buf[i], path);
+	while (pos < n && !ps_frame_in_body(&fr)) {
+		ev = ps_frame_run(&fr, buf, n, &pos, path);
 		switch (ev) {
 		case PS_EV_PREFIX:
 		case PS_EV_PATH_END:
@@ -865,7 +865,7 @@ static void dir_process(struct dir *d)
 				if (!d->req && (c->cli.pc->head_bits & (1ULL << (pc->msgs & 63))))
 					fr->flags |= PS_FF_REQ_HEAD;
 			}
-			ev = ps_frame_byte(fr, d->buf[d->p++], pc->path);
+			ev = ps_frame_run(fr, d->buf, d->e, &d->p, pc->path);
 		}
 		if (ev == PS_EV_NONE)
 			continue;
@@ -942,6 +942,7 @@ static void dir_try_arm(struct dir *d)
 	d->in_msg = !ps_frame_at_start(&pc->fr);
 	d->armed_at = d->consumed + 1;
 	d->ordered = false;
+	pc->fc_next = 0;	/* userspace wrote into the peer: the kernel looks again */
 	splice_arm(pc, d->consumed);
 }
 
@@ -1039,6 +1040,7 @@ static void try_unblock(struct conn *c)
 	/* counters of the client slot are relative to its current backend */
 	req->fwd_retired += c->cli.pc->fwd;
 	c->cli.pc->fwd = 0;
+	c->cli.pc->fc_next = 0;
 	c->cli.pc->msgs = 0;
 	c->cli.pc->head_bits = 0;
 	px->st.reroutes++;

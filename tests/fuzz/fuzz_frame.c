@@ -444,7 +444,7 @@ static void or_compare(const struct oracle *o, const struct fd_run *r)
 #define MAX_STREAM	8192	/* keeps events within FD_MAX_EVENTS */
 
 static size_t cuts[MAX_STREAM];
-static struct fd_run *whole, *nopath, *split;
+static struct fd_run *whole, *nopath, *split, *run;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -463,6 +463,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		whole = fd_new(PS_FRAME_REQUEST, 0);
 		nopath = fd_new(PS_FRAME_REQUEST, 0);
 		split = fd_new(PS_FRAME_REQUEST, 0);
+		run = fd_new(PS_FRAME_REQUEST, 0);
 	}
 	kind = data[0] & 1 ? PS_FRAME_RESPONSE : PS_FRAME_REQUEST;
 	head_max = head_maxes[(data[0] >> 1) & 7];
@@ -477,6 +478,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fd_feed(whole, buf, len);
 	if (whole->violation)
 		die(whole->violation, whole, whole->n);
+
+	fd_reset(run, kind, head_max);
+	run->head_bits = head_bits;
+	fd_feed_run(run, buf, len);
+	if (run->violation)
+		die(run->violation, run, run->n);
+	diff = fd_diff(whole, run, &at);
+	if (diff)
+		die(diff, whole, at);
+	if (memcmp(whole->path, run->path, sizeof(whole->path)))
+		die("ps_frame_run: different path buffer", whole, whole->n);
 
 	fd_reset(nopath, kind, head_max);
 	nopath->head_bits = head_bits;

@@ -102,7 +102,7 @@ test_connect_method_is_refused() {
 test_bad_registry_is_rejected_naming_the_field() {
 	local out rc
 	echo '{"instances":[{"id":"a","name":"s","path":"/s","host":"test","port":"80a"}]}' >"$T_DIR/bad.json"
-	out=$("$PATHSPLICE" run --listen 127.0.0.1:$((T_PORT + 19)) --registry "$T_DIR/bad.json" \
+	out=$("$PATHSPLICE" run --listen 127.0.0.1:$((T_PORT + 39)) --registry "$T_DIR/bad.json" \
 		--host test --pin-dir "$PS_PIN" 2>&1)
 	rc=$?
 	expect_eq "$rc" 1 "exit status" &&

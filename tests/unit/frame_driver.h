@@ -265,6 +265,56 @@ static inline void fd_feed(struct fd_run *r, const __u8 *buf, size_t len)
 	}
 }
 
+/* Like fd_feed(), but head bytes go through ps_frame_run(), as the verdict
+ * and the relay feed them: events, offsets and states must come out the same. */
+static inline void fd_feed_run(struct fd_run *r, const __u8 *buf, size_t len)
+{
+	size_t i = 0;
+
+	for (;;) {
+		struct ps_frame *fr = r->fr;
+		__u32 pos, n;
+		int ev;
+
+		if (ps_frame_in_body(fr)) {
+			uint64_t left = ps_frame_body_left(fr);
+			uint64_t k = len - i;
+
+			if (left == 0) {
+				fd_skip(r, 0);
+				continue;
+			}
+			if (k == 0)
+				break;
+			if (left != PS_FRAME_INFINITE && k > left)
+				k = left;
+			fd_skip(r, k);
+			i += k;
+			continue;
+		}
+		if (i == len)
+			break;
+		if (ps_frame_at_start(fr) && fr->kind == PS_FRAME_RESPONSE &&
+		    (r->head_bits >> (r->msgs % 64) & 1))
+			fr->flags |= PS_FF_REQ_HEAD;
+		if (r->error) {
+			r->off++;
+			if (ps_frame_byte(fr, buf[i++], r->use_path ? r->path : NULL) != PS_EV_ERROR)
+				fd_violate(r, "error state is not sticky");
+			continue;
+		}
+		pos = 0;
+		n = len - i > 65536 ? 65536 : (__u32)(len - i);
+		ev = ps_frame_run(fr, buf + i, n, &pos, r->use_path ? r->path : NULL);
+		if (pos == 0 && ev == PS_EV_NONE)
+			fd_violate(r, "ps_frame_run made no progress");
+		i += pos;
+		r->off += pos;
+		if (ev != PS_EV_NONE)
+			fd_record(r, ev);
+	}
+}
+
 /* Feed `buf` cut after each offset in `cuts` (ascending), handing the state
  * over at every cut. */
 static inline void fd_feed_split(struct fd_run *r, const __u8 *buf, size_t len,

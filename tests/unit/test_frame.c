@@ -1051,12 +1051,30 @@ static void test_random_segments_frame_the_same(void **state)
 	}
 }
 
+static void test_frame_run_frames_like_byte_at_a_time(void **state)
+{
+	for (unsigned k = 0; k < sizeof(streams) / sizeof(streams[0]); k++) {
+		const struct stream *st = &streams[k];
+		size_t len = strlen(st->s);
+		struct fd_run *whole = frame_n(st->kind, HEAD_MAX, st->s, len, st->head_bits);
+		struct fd_run *run = fd_new(st->kind, HEAD_MAX);
+
+		run->head_bits = st->head_bits;
+		fd_feed_run(run, (const __u8 *)st->s, len);
+		check_same(whole, run, "through ps_frame_run, length", len);
+		assert_memory_equal(whole->path, run->path, sizeof(whole->path));
+		fd_free(run);
+		free_runs(NULL);
+	}
+}
+
 #define T(name) cmocka_unit_test_teardown(name, free_runs)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_simple_get_frames_head_and_empty_body),
+		T(test_frame_run_frames_like_byte_at_a_time),
 		T(test_leading_crlf_before_request_is_ignored),
 		T(test_leading_bare_lf_before_request_rejected),
 		T(test_absolute_form_routes_by_its_path),
