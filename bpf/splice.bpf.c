@@ -55,6 +55,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	/* elements freed after an RCU grace period: a record replaced by the
+	 * controller is never reused under a verdict that is still reading it */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, PS_MAX_SERVICES);
 	__type(key, __u64);		/* ps_path_hash(path) */
 	__type(value, struct ps_service);
@@ -201,6 +204,15 @@ static __always_inline void stop(struct walk *w, __u32 reason, int at_msg)
 	w->hb_at_msg = at_msg && w->msg_off != NO_MSG;
 }
 
+/* May a new request go to this instance? Not when it is down or draining:
+ * userspace re-routes the request to another instance of the service. */
+static __always_inline int instance_up(__u32 slot)
+{
+	struct ps_instance *pi = bpf_map_lookup_elem(&instances, &slot);
+
+	return pi && pi->state == PS_INST_UP;
+}
+
 static __always_inline void count(struct ps_conn *c, int response)
 {
 	__u32 inst = c->inst;
@@ -225,7 +237,7 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 		break;
 	case PS_EV_PATH_END:
 		route_candidate(x);
-		if (w->best < 0 || (__u32)w->best != c->service)
+		if (w->best < 0 || (__u32)w->best != c->service || !instance_up(c->inst))
 			stop(w, PS_HB_SWITCH, 1);
 		break;
 	case PS_EV_HEAD_END:

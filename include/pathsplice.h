@@ -41,18 +41,38 @@ struct ps_service {
 enum ps_inst_state {
 	PS_INST_FREE = 0,		/* slot unused */
 	PS_INST_UP = 1,
-	PS_INST_DOWN = 2,
+	PS_INST_DOWN = 2,		/* failed its checks, or a connect from the data path */
 	PS_INST_DRAINING = 3,		/* removed from the registry, existing connections finish */
 };
 
-/* An instance: value of the mmapable `instances` array, indexed by slot. */
+/* Why an instance last changed state (or its last check result). */
+enum ps_check_reason {
+	PS_CHK_NONE = 0,		/* not checked yet */
+	PS_CHK_OK,			/* check passed */
+	PS_CHK_REFUSED,			/* connection refused */
+	PS_CHK_TIMEOUT,			/* no connection or no answer in time */
+	PS_CHK_HTTP_STATUS,		/* answered a status other than 2xx/3xx (see status) */
+	PS_CHK_BAD_ANSWER,		/* closed, or answered something that is not HTTP */
+	PS_CHK_ERROR,			/* another socket error (see check_errno) */
+	PS_CHK_PASSIVE_REFUSED,		/* the data path's connect was refused */
+	PS_CHK_PASSIVE_TIMEOUT,		/* the data path's connect timed out */
+	PS_CHK_MAX,
+};
+
+/* An instance: value of the mmapable `instances` array, indexed by slot.
+ * Written by the controller's thread only; the verdict reads `state`. */
 struct ps_instance {
 	__u32 addr;			/* IPv4, network order */
 	__u16 port;			/* network order */
 	__u8 state;			/* enum ps_inst_state */
-	__u8 pad;
+	__u8 reason;			/* enum ps_check_reason of the last state change */
 	__u32 service;			/* ps_service.id */
 	__u32 gen;			/* bumped whenever the slot is reused */
+	__u16 status;			/* HTTP status of the last failed HTTP check */
+	__u16 check_errno;		/* errno of the last PS_CHK_ERROR */
+	__u32 transitions;		/* up <-> down changes */
+	__u32 passive_downs;		/* times the data path marked it down */
+	__u32 checks_failed;		/* active checks that failed */
 	char id[PS_NAME_MAX];
 };
 

@@ -8,7 +8,7 @@ PACKAGES=(
 	clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev libjansson-dev
 	libcurl4-openssl-dev libmicrohttpd-dev pkg-config make
 	# tests
-	libcmocka-dev libclang-rt-14-dev curl iproute2 nginx-light etcd-server
+	libcmocka-dev libclang-rt-14-dev curl iproute2 nginx-light etcd-server jq
 	# benchmark
 	wrk haproxy
 )

@@ -190,3 +190,61 @@ expect_match() {
 expect_no_match() {
 	! printf '%s' "$1" | grep -qE -- "$2" || fail "${3:-output}: unexpected /$2/ in: $(printf '%s' "$1" | head -c 600)"
 }
+
+# now_ms: wall clock in milliseconds, for "write -> routed" notes
+now_ms() {
+	echo $(($(date +%s%N) / 1000000))
+}
+
+# routed_within T0 PATH REGEX SECONDS: poll until a request's body matches;
+# prints the milliseconds since T0 (now_ms) when it did
+routed_within() {
+	local t0=$1 path=$2 re=$3 secs=$4 end
+	end=$(($(now_ms) + secs * 1000))
+	while [ "$(now_ms)" -lt "$end" ]; do
+		if body "$path" 2>/dev/null | grep -qE -- "$re"; then
+			echo $(($(now_ms) - t0))
+			return 0
+		fi
+		sleep 0.01
+	done
+	fail "$path never answered /$re/ within ${secs}s (last: $(body "$path" 2>&1 | head -c 200))"
+}
+
+# status_within T0 PATH CODE SECONDS: poll until PATH answers CODE; prints
+# the milliseconds since T0
+status_within() {
+	local t0=$1 path=$2 code=$3 secs=$4 end
+	end=$(($(now_ms) + secs * 1000))
+	while [ "$(now_ms)" -lt "$end" ]; do
+		if [ "$(status "$path")" = "$code" ]; then
+			echo $(($(now_ms) - t0))
+			return 0
+		fi
+		sleep 0.01
+	done
+	fail "$path never answered $code within ${secs}s (last: $(status "$path"))"
+}
+
+# log_within REGEX SECONDS: wait for a line of the pathsplice log
+log_within() {
+	local i
+	for ((i = 0; i < $2 * 20; i++)); do
+		grep -qE -- "$1" "$PS_LOG" && return 0
+		sleep 0.05
+	done
+	fail "no /$1/ in the pathsplice log within $2 s: $(tail -5 "$PS_LOG")"
+}
+
+# reached PATH COUNT: the distinct backend names that COUNT fresh connections reach
+reached() {
+	local i
+	for ((i = 0; i < $2; i++)); do body "$1" | cut -d' ' -f1; done | sort -u | tr '\n' ' '
+}
+
+# backend_stat PORT FIELD: a ps-backend counter (requests, bytes_out, conns);
+# asking counts one connection and one request
+backend_stat() {
+	curl -sS --max-time 5 "http://127.0.0.1:$1/__stats" |
+		awk -v f="$2" '{ for (i = 1; i < NF; i++) if ($i == f) print $(i + 1) }'
+}

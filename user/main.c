@@ -13,12 +13,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "controller.h"
 #include "datapath.h"
+#include "health.h"
 #include "log.h"
 #include "proxy.h"
-#include "registry.h"
 #include "router.h"
 #include "routes.h"
+#include "source.h"
 
 #define DEFAULT_LISTEN		"0.0.0.0:8080"
 #define DEFAULT_REGISTRY	"/etc/pathsplice/registry.json"
@@ -41,6 +43,8 @@ static void usage_main(FILE *f)
 		"\n"
 		"commands:\n"
 		"  run        start the balancer (pathsplice run --help)\n"
+		"  check      validate a registry and show what this host would serve\n"
+		"             (pathsplice check --help)\n"
 		"  version    print the version\n"
 		"  help       this text\n");
 }
@@ -56,7 +60,21 @@ static void usage_run(FILE *f)
 		"\n"
 		"options:\n"
 		"  --listen ADDR:PORT      address to serve on (default %s)\n"
-		"  --registry PATH         registry JSON file (default %s)\n"
+		"  --registry SPEC         where the registry is (default %s):\n"
+		"                            a JSON file, re-read when it changes;\n"
+		"                            http://HOST:PORT/PATH or https://..., polled;\n"
+		"                            etcd://HOST:PORT/PREFIX, one instance per key\n"
+		"  --poll-interval DUR     HTTP registry poll interval (default 2s)\n"
+		"  --drain-timeout DUR     time connections to a removed instance may take\n"
+		"                          to finish before they are closed (default 30s)\n"
+		"  --check-interval DUR    health check of every instance this often (default 2s):\n"
+		"                          a TCP connect, or GET of the record's \"check\" path\n"
+		"                          answering 2xx/3xx\n"
+		"  --check-timeout DUR     a check not done by then fails (default 2s)\n"
+		"  --fall N                failed checks in a row that take an instance down\n"
+		"                          (default 3); a refused or timed-out connect from the\n"
+		"                          data path takes it down at once\n"
+		"  --rise N                passed checks in a row that bring it back (default 2)\n"
 		"  --host NAME             serve the registry's instances of this host\n"
 		"                          (default: this machine's hostname)\n"
 		"  --pin-dir DIR           where BPF maps and programs are pinned\n"
@@ -138,10 +156,49 @@ static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	return 0;
 }
 
+static int set_host(char *host, size_t len, const char *arg)
+{
+	if (strlen(arg) >= len || !*arg) {
+		fprintf(stderr, "pathsplice: --host: expected 1..%zu bytes\n", len - 1);
+		return -1;
+	}
+	snprintf(host, len, "%s", arg);
+	return 0;
+}
+
+static int default_host(char *host, size_t len)
+{
+	if (!*host && gethostname(host, len)) {
+		fprintf(stderr, "pathsplice: cannot read the hostname: %s\n", strerror(errno));
+		return -1;
+	}
+	host[len - 1] = '\0';
+	return 0;
+}
+
+/* The controller has a new table: apply it on the proxy's thread. */
+struct registry_hook {
+	struct controller *ctl;
+	struct router *router;
+};
+
+static void on_registry(void *arg)
+{
+	struct registry_hook *h = arg;
+	struct routes rt = { 0 };
+
+	if (!controller_take(h->ctl, &rt))
+		return;
+	if (router_update(h->router, &rt))
+		pr_err("registry: the new table could not be applied in full");
+	routes_free(&rt);
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	enum { O_LISTEN = 256, O_REGISTRY, O_HOST, O_PIN_DIR, O_MAX_HEAD, O_HEAD_TIMEOUT,
-	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT };
+	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT, O_POLL_INTERVAL,
+	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "registry", required_argument, NULL, O_REGISTRY },
@@ -153,6 +210,12 @@ static int cmd_run(int argc, char **argv)
 		{ "fin-timeout", required_argument, NULL, O_FIN_TIMEOUT },
 		{ "max-conns", required_argument, NULL, O_MAX_CONNS },
 		{ "flow-limit", required_argument, NULL, O_FLOW_LIMIT },
+		{ "poll-interval", required_argument, NULL, O_POLL_INTERVAL },
+		{ "drain-timeout", required_argument, NULL, O_DRAIN_TIMEOUT },
+		{ "check-interval", required_argument, NULL, O_CHECK_INTERVAL },
+		{ "check-timeout", required_argument, NULL, O_CHECK_TIMEOUT },
+		{ "fall", required_argument, NULL, O_FALL },
+		{ "rise", required_argument, NULL, O_RISE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -173,11 +236,17 @@ static int cmd_run(int argc, char **argv)
 	};
 	const char *registry = DEFAULT_REGISTRY, *listen_s = DEFAULT_LISTEN;
 	char host[PS_NAME_MAX] = "", err[1024];
-	struct registry reg = { 0 };
+	struct source_opts sopts = { .poll_ms = 2000 };
+	uint32_t drain_ms = 30000;
+	struct health_opts hopts = { .interval_ms = 2000, .timeout_ms = 2000, .fall = 3, .rise = 2 };
+	struct health *health = NULL;
+	struct controller *ctl = NULL;
+	struct registry_hook hook;
 	struct routes rt = { 0 };
 	struct router router = { 0 };
-	struct datapath dp;
+	struct datapath dp = { .lock_fd = -1 };
 	struct proxy *px = NULL;
+	bool have_table;
 	struct sigaction sa = { .sa_handler = on_signal };
 	uint64_t v;
 	int opt, ret = 1;
@@ -191,12 +260,8 @@ static int cmd_run(int argc, char **argv)
 			registry = optarg;
 			break;
 		case O_HOST:
-			if (strlen(optarg) >= sizeof(host) || !*optarg) {
-				fprintf(stderr, "pathsplice: --host: expected 1..%zu bytes\n",
-					sizeof(host) - 1);
+			if (set_host(host, sizeof(host), optarg))
 				return 2;
-			}
-			snprintf(host, sizeof(host), "%s", optarg);
 			break;
 		case O_PIN_DIR:
 			if (strlen(optarg) >= 200 || optarg[0] != '/') {
@@ -214,10 +279,17 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case O_HEAD_TIMEOUT:
 		case O_CONNECT_TIMEOUT:
-		case O_FIN_TIMEOUT: {
+		case O_FIN_TIMEOUT:
+		case O_POLL_INTERVAL:
+		case O_DRAIN_TIMEOUT:
+		case O_CHECK_INTERVAL:
+		case O_CHECK_TIMEOUT: {
 			uint32_t *dst = opt == O_HEAD_TIMEOUT ? &po.head_timeout_ms :
 					opt == O_CONNECT_TIMEOUT ? &po.connect_timeout_ms :
-					&po.fin_timeout_ms;
+					opt == O_FIN_TIMEOUT ? &po.fin_timeout_ms :
+					opt == O_POLL_INTERVAL ? &sopts.poll_ms :
+					opt == O_CHECK_INTERVAL ? &hopts.interval_ms :
+					opt == O_CHECK_TIMEOUT ? &hopts.timeout_ms : &drain_ms;
 
 			if (parse_duration(optarg, dst) || *dst == 0) {
 				fprintf(stderr, "pathsplice: %s: expected a duration like 10s or 500ms\n",
@@ -239,6 +311,14 @@ static int cmd_run(int argc, char **argv)
 				return 2;
 			}
 			dopts.fc_limit = v;
+			break;
+		case O_FALL:
+		case O_RISE:
+			if (parse_u64(optarg, 1, 100, &v)) {
+				fprintf(stderr, "pathsplice: %s: expected 1..100\n", argv[optind - 1]);
+				return 2;
+			}
+			*(opt == O_FALL ? &hopts.fall : &hopts.rise) = v;
 			break;
 		case 'v':
 			log_threshold = log_threshold < LOG_INFO ? LOG_INFO : LOG_DEBUG;
@@ -262,32 +342,50 @@ static int cmd_run(int argc, char **argv)
 		fprintf(stderr, "pathsplice: --listen: expected ADDR:PORT (IPv4), got '%s'\n", listen_s);
 		return 2;
 	}
-	if (!*host && gethostname(host, sizeof(host))) {
-		fprintf(stderr, "pathsplice: cannot read the hostname: %s\n", strerror(errno));
+	if (default_host(host, sizeof(host)))
 		return 1;
-	}
-	host[sizeof(host) - 1] = '\0';
 	log_setup_libbpf();
 
-	if (registry_load_file(registry, &reg, err, sizeof(err))) {
+	/*
+	 * The registry is read once before anything is attached. A file must be
+	 * valid at start (a typo fails loudly, like `nginx -t`); a remote
+	 * registry may be down: the daemon starts without routes, answers 503
+	 * and applies the first good answer.
+	 */
+	ctl = controller_new(registry, host, &sopts, err, sizeof(err));
+	if (!ctl) {
 		pr_err("%s", err);
 		return 1;
 	}
-	if (routes_build(&reg, host, &rt, err, sizeof(err))) {
+	have_table = controller_read(ctl, &rt, err, sizeof(err)) == 0;
+	if (!have_table && !strstr(registry, "://")) {
 		pr_err("%s", err);
-		registry_free(&reg);
-		return 1;
+		goto out;
 	}
-	registry_free(&reg);
-	if (rt.n == 0)
+	if (!have_table)
+		pr_warn("%s; waiting for the registry, until then every request gets 503", err);
+	else if (rt.n == 0)
 		pr_warn("%s: no instance for host \"%s\": every request will get 404", registry, host);
 
 	if (datapath_open(&dp, &dopts))
 		goto out;
-	if (router_apply(&router, &dp, &rt))
+	if (router_init(&router, &dp, drain_ms))
+		goto out;
+	if (have_table && router_update(&router, &rt))
+		goto out;
+	health = health_new(&router, &hopts);
+	if (!health)
 		goto out;
 	px = proxy_new(&po, &dp, &router);
-	if (!px)
+	if (px) {
+		proxy_set_health(px, health);
+		if (proxy_add_hook(px, health_fd(health), health_run, health))
+			goto out;
+	}
+	hook.ctl = ctl;
+	hook.router = &router;
+	if (!px || proxy_add_hook(px, controller_fd(ctl), on_registry, &hook) ||
+	    controller_start(ctl))
 		goto out;
 
 	sigaction(SIGINT, &sa, NULL);
@@ -298,11 +396,106 @@ static int cmd_run(int argc, char **argv)
 	if (!ret)
 		pr_info("stopping");
 out:
+	controller_free(ctl);	/* first: its thread must not outlive what it hands to */
 	proxy_free(px);
+	health_free(health);
 	router_free(&router);
 	routes_free(&rt);
 	datapath_close(&dp);
 	return ret;
+}
+
+static void usage_check(FILE *f)
+{
+	fprintf(f,
+		"usage: pathsplice check [--registry SPEC] [--host NAME] [--timeout DUR]\n"
+		"\n"
+		"Read and validate a registry (a file, http://, https:// or etcd://, as for\n"
+		"`pathsplice run`) and print what this host would serve: each service, its\n"
+		"path and its instances. Changes nothing.\n"
+		"\n"
+		"options:\n"
+		"  --registry SPEC    the registry (default %s)\n"
+		"  --host NAME        the host whose instances are shown (default: hostname)\n"
+		"  --timeout DUR      how long a remote registry may take (default 5s)\n"
+		"  -h, --help         this text\n"
+		"\n"
+		"Exit status: 0 when the registry is valid, 1 when it is not or cannot be\n"
+		"read (the reason names the source, record and field), 2 on a usage error.\n",
+		DEFAULT_REGISTRY);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	enum { O_REGISTRY = 256, O_HOST, O_TIMEOUT };
+	static const struct option longopts[] = {
+		{ "registry", required_argument, NULL, O_REGISTRY },
+		{ "host", required_argument, NULL, O_HOST },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *registry = DEFAULT_REGISTRY;
+	struct source_opts sopts = { .timeout_ms = 5000 };
+	char host[PS_NAME_MAX] = "", err[1024], a[INET_ADDRSTRLEN];
+	struct routes rt = { 0 };
+	struct controller *ctl;
+	size_t i, j, n_inst = 0;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case O_REGISTRY:
+			registry = optarg;
+			break;
+		case O_HOST:
+			if (set_host(host, sizeof(host), optarg))
+				return 2;
+			break;
+		case O_TIMEOUT:
+			if (parse_duration(optarg, &sopts.timeout_ms) || !sopts.timeout_ms) {
+				fprintf(stderr, "pathsplice: --timeout: expected a duration like 5s\n");
+				return 2;
+			}
+			break;
+		case 'h':
+			usage_check(stdout);
+			return 0;
+		default:
+			usage_check(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "pathsplice check: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (default_host(host, sizeof(host)))
+		return 1;
+	log_threshold = LOG_WARN;
+	ctl = controller_new(registry, host, &sopts, err, sizeof(err));
+	if (!ctl || controller_read(ctl, &rt, err, sizeof(err))) {
+		fprintf(stderr, "pathsplice: %s\n", err);
+		controller_free(ctl);
+		return 1;
+	}
+	controller_free(ctl);
+	for (i = 0; i < rt.n; i++)
+		n_inst += rt.svc[i].n_inst;
+	printf("registry %s is valid: host %s serves %zu service%s, %zu instance%s\n", registry,
+	       host, rt.n, rt.n == 1 ? "" : "s", n_inst, n_inst == 1 ? "" : "s");
+	for (i = 0; i < rt.n; i++) {
+		const struct route_service *rs = &rt.svc[i];
+
+		printf("  %s %s\n", rs->path, rs->name);
+		for (j = 0; j < rs->n_inst; j++) {
+			inet_ntop(AF_INET, &rs->inst[j].addr, a, sizeof(a));
+			printf("    %-24s %s:%u  check %s\n", rs->inst[j].id, a, rs->inst[j].port,
+			       rs->inst[j].check[0] ? rs->inst[j].check : "tcp");
+		}
+	}
+	routes_free(&rt);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -319,6 +512,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "run"))
 		return cmd_run(argc - 1, argv + 1);
+	if (!strcmp(cmd, "check"))
+		return cmd_check(argc - 1, argv + 1);
 	fprintf(stderr, "pathsplice: unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return 2;

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "health.h"
 #include "http_frame.h"
 #include "log.h"
 #include "proxy.h"
@@ -128,10 +129,24 @@ struct timer_list {
 	uint32_t ms;
 };
 
+/* A file descriptor of someone else's the loop watches (e.g. the controller's). */
+struct proxy_hook {
+	struct endpoint ep;		/* ep.conn == NULL tells it from a connection's */
+	void (*cb)(void *arg);
+	void *arg;
+};
+
+#define MAX_HOOKS	4
+#define HOUSEKEEPING_MS	1000
+
 struct proxy {
 	struct proxy_opts o;
+	struct proxy_hook hooks[MAX_HOOKS];
+	int n_hooks;
+	uint64_t house_at;		/* next housekeeping */
 	struct datapath *dp;
 	struct router *rt;
+	struct health *health;		/* told about failed connects; may be NULL */
 	int epfd;
 	int lfd;
 	struct timer_list timers[T_KINDS];
@@ -403,7 +418,8 @@ static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t 
 			break;
 		case PS_EV_HEAD_END:
 			if (best < 0) {
-				*status = 404;
+				/* before the first registry nothing is known to be absent */
+				*status = px->rt->loaded ? 404 : 503;
 				return HEAD_ERROR;
 			}
 			*svc = best;
@@ -433,7 +449,8 @@ static void connect_next(struct conn *c)
 
 			snprintf(why, sizeof(why), "no live instance of %s",
 				 router_service_name(px->rt, c->next_svc));
-			pr_warn("%s:%u: %s", inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), why);
+			/* the health module logs the service going down, once */
+			pr_debug("%s:%u: %s", inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), why);
 			fail(c, 503, why);
 			return;
 		}
@@ -458,9 +475,11 @@ static void connect_next(struct conn *c)
 			return;
 		}
 		px->st.connect_failures++;
-		pr_warn("instance %s (%s:%u) of %s: connect: %s", router_instance_id(px->rt, b.inst),
-			inet_ntoa(b.addr.sin_addr), ntohs(b.addr.sin_port),
-			router_service_name(px->rt, c->next_svc), strerror(errno));
+		pr_debug("instance %s (%s:%u) of %s: connect: %s", router_instance_id(px->rt, b.inst),
+			 inet_ntoa(b.addr.sin_addr), ntohs(b.addr.sin_port),
+			 router_service_name(px->rt, c->next_svc), strerror(errno));
+		if (px->health)
+			health_passive(px->health, b.inst, PS_CHK_PASSIVE_REFUSED);
 		ep_release(px, &c->be);
 	}
 }
@@ -477,8 +496,11 @@ static void on_connect_result(struct conn *c, bool timed_out)
 		err = errno;
 	if (err) {
 		px->st.connect_failures++;
-		pr_warn("instance %s of %s: connect: %s", router_instance_id(px->rt, c->inst),
-			router_service_name(px->rt, c->next_svc), strerror(err));
+		pr_debug("instance %s of %s: connect: %s", router_instance_id(px->rt, c->inst),
+			 router_service_name(px->rt, c->next_svc), strerror(err));
+		if (px->health)
+			health_passive(px->health, c->inst, err == ETIMEDOUT ? PS_CHK_PASSIVE_TIMEOUT :
+				       PS_CHK_PASSIVE_REFUSED);
 		ep_release(px, &c->be);
 		connect_next(c);
 		return;
@@ -635,7 +657,8 @@ static void head_try(struct conn *c)
 		return;
 	}
 	if (r == HEAD_ERROR) {
-		fail(c, status, status == 404 ? "no service for this path" : NULL);
+		fail(c, status, status == 404 ? "no service for this path" :
+				status == 503 ? "no registry loaded yet" : NULL);
 		return;
 	}
 	timer_stop(c);
@@ -732,11 +755,17 @@ static void request_routed(struct conn *c)
 	struct dir *d = &c->req;
 
 	if (d->best < 0) {
-		build_reply(c, 404, "no service for this path");
+		if (c->px->rt->loaded)
+			build_reply(c, 404, "no service for this path");
+		else
+			build_reply(c, 503, "no registry loaded yet");
 		block_request(c, BLK_REPLY);
 		return;
 	}
-	if (d->best == c->svc && c->be.fd >= 0 && !c->resp.fin)
+	/* same service on a live instance: stay; a draining or down instance
+	 * takes no new request, another instance of the service does */
+	if (d->best == c->svc && c->be.fd >= 0 && !c->resp.fin &&
+	    router_inst_up(c->px->rt, c->inst))
 		return;
 	c->next_svc = d->best;
 	block_request(c, BLK_SWITCH);
@@ -1178,6 +1207,7 @@ static void accept_all(struct proxy *px)
 		c->px = px;
 		c->addr = addr;
 		c->svc = -1;
+		c->next_svc = -1;
 		c->state = CS_HEAD;
 		ep_init(&c->cli, c, fd);
 		ep_init(&c->be, c, -1);
@@ -1282,6 +1312,74 @@ static int run_timers(struct proxy *px)
 	return next > now ? (int)(next - now) : 0;
 }
 
+/*
+ * Once a second, while instances drain or removed services wait for their
+ * connections: close what the drain timeout ends, and let the router free
+ * the slots and ids that no connection refers to any more.
+ */
+static void housekeeping(struct proxy *px)
+{
+	static uint64_t inst_refs[PS_MAX_INSTANCES / 64], svc_refs[PS_MAX_SERVICES / 64];
+	struct router *r = px->rt;
+	uint64_t now = now_ms();
+	struct conn *c, *nc;
+	uint32_t expired = 0;
+
+	if (now < px->house_at)
+		return;
+	px->house_at = now + HOUSEKEEPING_MS;
+	if (!r->n_draining && !r->n_retired)
+		return;
+	memset(inst_refs, 0, sizeof(inst_refs));
+	memset(svc_refs, 0, sizeof(svc_refs));
+	for (c = px->all; c; c = nc) {
+		nc = c->anext;
+		if (c->closed)
+			continue;
+		if (c->be.fd >= 0) {
+			if (router_drain_expired(r, c->inst, now)) {
+				expired++;
+				conn_close(c);
+				continue;
+			}
+			if (c->inst < PS_MAX_INSTANCES)
+				inst_refs[c->inst / 64] |= 1ULL << (c->inst % 64);
+		}
+		if (c->svc >= 0 && c->svc < PS_MAX_SERVICES)
+			svc_refs[c->svc / 64] |= 1ULL << (c->svc % 64);
+		if (c->next_svc >= 0 && c->next_svc < PS_MAX_SERVICES)
+			svc_refs[c->next_svc / 64] |= 1ULL << (c->next_svc % 64);
+	}
+	if (expired)
+		pr_warn("drain timeout: closed %u connection%s to removed instances", expired,
+			expired == 1 ? "" : "s");
+	router_gc(r, inst_refs, svc_refs);
+}
+
+void proxy_set_health(struct proxy *px, struct health *h)
+{
+	px->health = h;
+}
+
+int proxy_add_hook(struct proxy *px, int fd, void (*cb)(void *arg), void *arg)
+{
+	struct proxy_hook *h;
+	struct epoll_event ev = { .events = EPOLLIN };
+
+	if (px->n_hooks == MAX_HOOKS)
+		return -1;
+	h = &px->hooks[px->n_hooks];
+	memset(h, 0, sizeof(*h));
+	h->ep.fd = fd;
+	h->cb = cb;
+	h->arg = arg;
+	ev.data.ptr = &h->ep;
+	if (epoll_ctl(px->epfd, EPOLL_CTL_ADD, fd, &ev))
+		return -1;
+	px->n_hooks++;
+	return 0;
+}
+
 static void bury(struct proxy *px)
 {
 	size_t i;
@@ -1353,12 +1451,20 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 			return -1;
 		}
 		for (i = 0; i < n; i++) {
-			if (!evs[i].data.ptr)
+			struct endpoint *ep = evs[i].data.ptr;
+
+			if (!ep) {
 				accept_all(px);
-			else
-				on_event(px, evs[i].data.ptr, evs[i].events);
+			} else if (!ep->conn) {
+				struct proxy_hook *h = (struct proxy_hook *)ep;
+
+				h->cb(h->arg);
+			} else {
+				on_event(px, ep, evs[i].events);
+			}
 		}
 		timeout = run_timers(px);
+		housekeeping(px);
 		bury(px);
 	}
 	return 0;

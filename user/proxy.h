@@ -42,6 +42,11 @@ struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, stru
 /* Serve until *stop becomes non-zero. Returns 0, or -1 on a fatal error. */
 int proxy_run(struct proxy *px, volatile sig_atomic_t *stop);
 const struct proxy_stats *proxy_stats(const struct proxy *px);
+struct health;
+/* Tell `h` when a connect to an instance fails. */
+void proxy_set_health(struct proxy *px, struct health *h);
+/* Call cb(arg) on the proxy's thread whenever fd is readable. */
+int proxy_add_hook(struct proxy *px, int fd, void (*cb)(void *arg), void *arg);
 void proxy_free(struct proxy *px);
 
 #endif
