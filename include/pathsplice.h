@@ -74,6 +74,14 @@ struct ps_instance {
 	__u32 passive_downs;		/* times the data path marked it down */
 	__u32 checks_failed;		/* active checks that failed */
 	char id[PS_NAME_MAX];
+
+	/* counted by the proxy (the kernel counts what it moves in inst_stats) */
+	__u64 conns_total;		/* backend connections opened to it */
+	__u32 conns_active;		/* of which open now */
+	__u32 connect_failures;		/* connects that failed: the request was retried */
+	__u64 user_requests;		/* request heads relayed in userspace */
+	__u64 user_req_bytes;		/* client -> backend bytes relayed in userspace */
+	__u64 user_resp_bytes;		/* backend -> client bytes relayed in userspace */
 };
 
 /* Which end of a connection a spliced socket is. */

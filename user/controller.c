@@ -23,6 +23,9 @@ struct controller {
 	pthread_t thread;
 	bool started;
 	volatile sig_atomic_t stop;
+	volatile sig_atomic_t reload;	/* SIGHUP: read the registry again now */
+	char spec[512];
+	struct source_opts sopts;
 	int efd;
 
 	pthread_mutex_t lock;		/* guards pending and stats */
@@ -47,6 +50,8 @@ struct controller *controller_new(const char *spec, const char *host,
 	}
 	ctl->efd = -1;
 	o.stop = &ctl->stop;
+	ctl->sopts = o;
+	snprintf(ctl->spec, sizeof(ctl->spec), "%s", spec);
 	ctl->src = source_open(spec, &o, err, errlen);
 	if (!ctl->src) {
 		free(ctl);
@@ -142,6 +147,19 @@ static void *controller_main(void *arg)
 	while (!ctl->stop) {
 		struct routes rt = { 0 };
 
+		if (ctl->reload) {
+			struct source *s;
+
+			ctl->reload = 0;
+			/* a fresh source reads everything at once, whatever it cached */
+			s = source_open(ctl->spec, &ctl->sopts, err, sizeof(err));
+			if (s) {
+				pr_info("registry: reading %s again (SIGHUP)", ctl->spec);
+				s->errors = ctl->src->errors;
+				source_close(ctl->src);
+				ctl->src = s;
+			}
+		}
 		if (follow(ctl, WAIT_STEP_MS, &rt, err, sizeof(err), false) <= 0)
 			continue;
 		pthread_mutex_lock(&ctl->lock);
@@ -172,6 +190,11 @@ int controller_start(struct controller *ctl)
 	}
 	ctl->started = true;
 	return 0;
+}
+
+void controller_reload(struct controller *ctl)
+{
+	ctl->reload = 1;
 }
 
 int controller_fd(const struct controller *ctl)
@@ -210,7 +233,7 @@ struct controller_stats controller_stats(const struct controller *ctl)
 
 const char *controller_source(const struct controller *ctl)
 {
-	return source_name(ctl->src);
+	return ctl->spec;
 }
 
 void controller_free(struct controller *ctl)

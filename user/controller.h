@@ -40,6 +40,10 @@ int controller_read(struct controller *ctl, struct routes *rt, char *err, size_t
 /* Follow the source on a thread from now on. */
 int controller_start(struct controller *ctl);
 
+/* Read the whole registry again, soon (within half a second). Only sets a
+ * flag: safe in a signal handler. */
+void controller_reload(struct controller *ctl);
+
 /* Readable (an eventfd) while a new table waits for controller_take(). */
 int controller_fd(const struct controller *ctl);
 

@@ -82,18 +82,26 @@ int datapath_unpin_dir(const char *pin_dir)
 	return err;
 }
 
-/* One pathsplice per pin dir: a lock file next to nothing else in /run. */
-static int take_lock(struct datapath *dp)
+void datapath_run_path(const char *pin_dir, const char *dir, const char *suffix,
+		       char *buf, size_t len)
 {
-	char path[PATH_MAX], name[256];
+	char name[256];
 	size_t i;
 
-	snprintf(name, sizeof(name), "%s", dp->pin_dir);
+	snprintf(name, sizeof(name), "%s", pin_dir);
 	for (i = 0; name[i]; i++)
 		if (name[i] == '/')
 			name[i] = '_';
+	snprintf(buf, len, "%s/pathsplice%s%s", dir, name, suffix);
+}
+
+/* One pathsplice per pin dir: a lock file next to nothing else in /run. */
+static int take_lock(struct datapath *dp)
+{
+	char path[PATH_MAX];
+
 	mkdir("/run/lock", 0755);
-	snprintf(path, sizeof(path), "/run/lock/pathsplice%s.lock", name);
+	datapath_run_path(dp->pin_dir, "/run/lock", ".lock", path, sizeof(path));
 	dp->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (dp->lock_fd < 0) {
 		pr_err("cannot open lock file %s: %s", path, strerror(errno));
@@ -174,15 +182,8 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", opts->pin_dir);
 	dp->max_conns = opts->max_conns;
 
-	if (ensure_bpffs(dp->pin_dir) || take_lock(dp))
+	if (ensure_bpffs(dp->pin_dir))
 		return -1;
-	if (access(dp->pin_dir, F_OK) == 0) {
-		pr_warn("removing stale pins in %s left by an earlier run", dp->pin_dir);
-		if ((err = datapath_unpin_dir(dp->pin_dir))) {
-			pr_err("cannot remove stale pins in %s: %s", dp->pin_dir, strerror(-err));
-			return -1;
-		}
-	}
 
 	skel = splice_bpf__open();
 	if (!skel) {
@@ -212,9 +213,6 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 		pr_err("cannot attach the stream verdict to the sockhash: %s", strerror(errno));
 		return -1;
 	}
-	if (pin_all(dp))
-		return -1;
-
 	dp->conns = map_mmap(skel->maps.conns, &dp->conns_len);
 	dp->instances = map_mmap(skel->maps.instances, &dp->instances_len);
 	dp->rr = map_mmap(skel->maps.rr, &dp->rr_len);
@@ -227,7 +225,45 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	for (i = 0; i < dp->max_conns; i++)
 		dp->free_slots[i] = dp->max_conns - 1 - i;
 	dp->n_free = dp->max_conns;
+
+	/* Loaded (the slow part): now take over from a running daemon if there
+	 * is one, then own the pin dir. */
+	if (opts->before_pin && opts->before_pin(opts->arg))
+		return -1;
+	if (take_lock(dp))
+		return -1;
+	if (access(dp->pin_dir, F_OK) == 0) {
+		pr_warn("removing stale pins in %s left by an earlier run", dp->pin_dir);
+		if ((err = datapath_unpin_dir(dp->pin_dir))) {
+			pr_err("cannot remove stale pins in %s: %s", dp->pin_dir, strerror(-err));
+			return -1;
+		}
+	}
+	if (pin_all(dp))
+		return -1;
 	pr_debug("data path loaded and pinned at %s (%u socket slots)", dp->pin_dir, dp->max_conns);
+	return 0;
+}
+
+int datapath_handover(struct datapath *dp)
+{
+	char old[sizeof(dp->pin_dir)];
+	int n;
+
+	n = snprintf(old, sizeof(old), "%s-old-%d", dp->pin_dir, (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof(old)) {
+		pr_err("pin dir %s: name too long to hand over", dp->pin_dir);
+		return -1;
+	}
+	if (dp->pinned && rename(dp->pin_dir, old)) {
+		pr_err("cannot move pins %s to %s: %s", dp->pin_dir, old, strerror(errno));
+		return -1;
+	}
+	pr_info("pins moved to %s for the new daemon", old);
+	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", old);
+	if (dp->lock_fd >= 0)
+		close(dp->lock_fd);
+	dp->lock_fd = -1;
 	return 0;
 }
 

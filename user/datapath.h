@@ -18,6 +18,10 @@ struct datapath_opts {
 	const char *pin_dir;		/* e.g. /sys/fs/bpf/pathsplice */
 	uint32_t max_conns;		/* spliced sockets */
 	uint64_t fc_limit;		/* bytes queued for a peer before hand-back */
+	/* called once the object is loaded, before the pin dir is locked and
+	 * pinned (an upgrade takes over from the running daemon there) */
+	int (*before_pin)(void *arg);
+	void *arg;
 };
 
 struct datapath {
@@ -42,6 +46,14 @@ struct datapath {
 int datapath_open(struct datapath *dp, const struct datapath_opts *opts);
 /* Detach, unpin and free everything. Safe on a partly opened datapath. */
 void datapath_close(struct datapath *dp);
+
+/* Give the pin dir to a new daemon: move the pins aside (to
+ * "<pin-dir>-old-<pid>"; bpffs refuses "." in names, unpinned at exit as usual) and drop the lock. */
+int datapath_handover(struct datapath *dp);
+
+/* "<dir>/pathsplice<pin dir with / as _><suffix>": per-pin-dir files in /run. */
+void datapath_run_path(const char *pin_dir, const char *dir, const char *suffix,
+		       char *buf, size_t len);
 
 /* Remove a pin directory and everything pinned in it (used at start and by tests). */
 int datapath_unpin_dir(const char *pin_dir);

@@ -21,16 +21,81 @@
 #include "router.h"
 #include "routes.h"
 #include "source.h"
+#include "upgrade.h"
 
 #define DEFAULT_LISTEN		"0.0.0.0:8080"
 #define DEFAULT_REGISTRY	"/etc/pathsplice/registry.json"
 #define DEFAULT_PIN_DIR		"/sys/fs/bpf/pathsplice"
 
+/* 0 running; 1 stop accepting and drain; 2 stop now */
 static volatile sig_atomic_t stop_flag;
+static struct controller *reload_ctl;
 
 static void on_signal(int sig)
 {
-	stop_flag = 1;
+	switch (sig) {
+	case SIGHUP:
+		if (reload_ctl)
+			controller_reload(reload_ctl);
+		break;
+	case SIGINT:	/* Ctrl-C twice: do not wait */
+		stop_flag = stop_flag ? 2 : 1;
+		break;
+	case SIGQUIT:
+		stop_flag = 2;
+		break;
+	default:
+		if (!stop_flag)
+			stop_flag = 1;
+		break;
+	}
+}
+
+/* Upgrades: the new daemon's side, called once its BPF object is loaded. */
+struct takeover {
+	const char *pin_dir;
+	struct proxy_opts *po;
+};
+
+static int take_over(void *arg)
+{
+	struct takeover *t = arg;
+	int lfd = -1, old_pid = 0;
+	int r = upgrade_request(t->pin_dir, &t->po->listen, &lfd, &old_pid);
+
+	if (r < 0)
+		return -1;
+	if (r > 0)
+		t->po->listen_fd = lfd;
+	return 0;
+}
+
+/* The running daemon's side: hand the listener over and drain. */
+struct handover {
+	int cfd;
+	const char *pin_dir;
+	struct proxy_opts *po;
+	struct proxy *px;
+	struct datapath *dp;
+	bool done;
+};
+
+static int release_pins(void *arg)
+{
+	return datapath_handover(arg);
+}
+
+static void on_upgrade(void *arg)
+{
+	struct handover *h = arg;
+
+	if (h->done || !upgrade_serve(h->cfd, h->pin_dir, &h->po->listen, proxy_listen_fd(h->px),
+				      release_pins, h->dp))
+		return;
+	h->done = true;
+	pr_info("upgrade: a new pathsplice took over the listener: draining");
+	if (!stop_flag)
+		stop_flag = 1;
 }
 
 static void usage_main(FILE *f)
@@ -228,6 +293,7 @@ static int cmd_run(int argc, char **argv)
 		.connect_timeout_ms = 2000,
 		.fin_timeout_ms = 60000,
 		.linger_ms = 2000,
+		.listen_fd = -1,
 	};
 	struct datapath_opts dopts = {
 		.pin_dir = DEFAULT_PIN_DIR,
@@ -242,6 +308,8 @@ static int cmd_run(int argc, char **argv)
 	struct health *health = NULL;
 	struct controller *ctl = NULL;
 	struct registry_hook hook;
+	struct takeover tko;
+	struct handover ho = { .cfd = -1 };
 	struct routes rt = { 0 };
 	struct router router = { 0 };
 	struct datapath dp = { .lock_fd = -1 };
@@ -367,6 +435,11 @@ static int cmd_run(int argc, char **argv)
 	else if (rt.n == 0)
 		pr_warn("%s: no instance for host \"%s\": every request will get 404", registry, host);
 
+	po.drain_ms = drain_ms;
+	tko.pin_dir = dopts.pin_dir;
+	tko.po = &po;
+	dopts.before_pin = take_over;
+	dopts.arg = &tko;
 	if (datapath_open(&dp, &dopts))
 		goto out;
 	if (router_init(&router, &dp, drain_ms))
@@ -388,14 +461,30 @@ static int cmd_run(int argc, char **argv)
 	    controller_start(ctl))
 		goto out;
 
+	ho.cfd = upgrade_listen(dopts.pin_dir);
+	ho.pin_dir = dopts.pin_dir;
+	ho.po = &po;
+	ho.px = px;
+	ho.dp = &dp;
+	if (ho.cfd >= 0 && proxy_add_hook(px, ho.cfd, on_upgrade, &ho))
+		goto out;
+
+	reload_ctl = ctl;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	pr_info("host %s, registry %s, pins in %s", host, registry, dopts.pin_dir);
 	ret = proxy_run(px, &stop_flag) ? 1 : 0;
 	if (!ret)
 		pr_info("stopping");
 out:
+	reload_ctl = NULL;
+	if (ho.done)
+		close(ho.cfd);	/* its path belongs to the new daemon now */
+	else
+		upgrade_close(ho.cfd, dopts.pin_dir);
 	controller_free(ctl);	/* first: its thread must not outlive what it hands to */
 	proxy_free(px);
 	health_free(health);

@@ -101,6 +101,7 @@ struct conn {
 	int svc;		/* service of the backend connection, -1 none */
 	int next_svc;		/* service of the request waiting for a backend */
 	uint32_t inst;
+	bool inst_counted;	/* counted in inst's conns_active */
 	uint64_t tried;		/* instance list positions tried for this request */
 	uint32_t upgrade_idx;	/* index of the upgrade request */
 	uint16_t status;	/* error answer */
@@ -278,10 +279,19 @@ static int ep_watch(struct endpoint *ep, uint32_t events)
 }
 
 /* Take the endpoint out of the data path and close it. */
+static struct ps_instance *conn_inst(struct conn *c)
+{
+	return &c->px->dp->instances[c->inst < PS_MAX_INSTANCES ? c->inst : 0];
+}
+
 static void ep_release(struct proxy *px, struct endpoint *ep)
 {
 	if (ep->fd < 0)
 		return;
+	if (ep == &ep->conn->be && ep->conn->inst_counted) {
+		__atomic_fetch_sub(&conn_inst(ep->conn)->conns_active, 1, __ATOMIC_RELAXED);
+		ep->conn->inst_counted = false;
+	}
 	if (ep->in_map)
 		datapath_remove(px->dp, ep->slot, ep->cookie);
 	close(ep->fd);
@@ -478,6 +488,7 @@ static void connect_next(struct conn *c)
 		pr_debug("instance %s (%s:%u) of %s: connect: %s", router_instance_id(px->rt, b.inst),
 			 inet_ntoa(b.addr.sin_addr), ntohs(b.addr.sin_port),
 			 router_service_name(px->rt, c->next_svc), strerror(errno));
+		__atomic_fetch_add(&px->dp->instances[b.inst].connect_failures, 1, __ATOMIC_RELAXED);
 		if (px->health)
 			health_passive(px->health, b.inst, PS_CHK_PASSIVE_REFUSED);
 		ep_release(px, &c->be);
@@ -498,6 +509,7 @@ static void on_connect_result(struct conn *c, bool timed_out)
 		px->st.connect_failures++;
 		pr_debug("instance %s of %s: connect: %s", router_instance_id(px->rt, c->inst),
 			 router_service_name(px->rt, c->next_svc), strerror(err));
+		__atomic_fetch_add(&conn_inst(c)->connect_failures, 1, __ATOMIC_RELAXED);
 		if (px->health)
 			health_passive(px->health, c->inst, err == ETIMEDOUT ? PS_CHK_PASSIVE_TIMEOUT :
 				       PS_CHK_PASSIVE_REFUSED);
@@ -558,6 +570,9 @@ static void splice_setup(struct conn *c)
 	c->svc = c->next_svc;
 	c->state = CS_OPEN;
 	dir_reset(&c->resp);
+	__atomic_fetch_add(&conn_inst(c)->conns_total, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&conn_inst(c)->conns_active, 1, __ATOMIC_RELAXED);
+	c->inst_counted = true;
 
 	/* backend first: a redirect to a key not yet in the map drops the data */
 	if (c->be.slot >= 0 && c->cli.slot >= 0 && (c->cli.in_map || first)) {
@@ -805,6 +820,8 @@ static void on_request_event(struct conn *c, int ev)
 	case PS_EV_HEAD_END:
 		d->head_done = true;
 		d->upgrade = fr->flags & (PS_FF_UPGRADE | PS_FF_CONN_UPGRADE);
+		if (!c->block && c->be.fd >= 0)
+			__atomic_fetch_add(&conn_inst(c)->user_requests, 1, __ATOMIC_RELAXED);
 		if (fr->flags & PS_FF_HEAD)
 			cp->head_bits |= 1ULL << (cp->msgs & 63);
 		else
@@ -934,6 +951,9 @@ static int dir_flush(struct dir *d)
 		return -1;
 	d->w += n;
 	c->moved += n;
+	if (c->be.fd >= 0)
+		__atomic_fetch_add(d->req ? &conn_inst(c)->user_req_bytes :
+				   &conn_inst(c)->user_resp_bytes, n, __ATOMIC_RELAXED);
 	if (d->w < limit)
 		d->dst->want_out = true;
 	return 0;
@@ -1414,18 +1434,26 @@ struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, stru
 	}
 
 	px->epfd = epoll_create1(EPOLL_CLOEXEC);
-	px->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (px->epfd < 0 || px->lfd < 0)
+	if (px->epfd < 0)
 		goto err;
-	setsockopt(px->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(px->lfd, (struct sockaddr *)&opts->listen, sizeof(opts->listen))) {
-		pr_err("cannot listen on %s:%u: %s", inet_ntoa(opts->listen.sin_addr),
-		       ntohs(opts->listen.sin_port), strerror(errno));
-		goto err;
-	}
-	if (listen(px->lfd, 4096)) {
-		pr_err("listen: %s", strerror(errno));
-		goto err;
+	if (opts->listen_fd >= 0) {
+		/* taken over from the daemon this one replaces: already listening */
+		px->lfd = opts->listen_fd;
+		fcntl(px->lfd, F_SETFL, fcntl(px->lfd, F_GETFL) | O_NONBLOCK);
+	} else {
+		px->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (px->lfd < 0)
+			goto err;
+		setsockopt(px->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(px->lfd, (struct sockaddr *)&opts->listen, sizeof(opts->listen))) {
+			pr_err("cannot listen on %s:%u: %s", inet_ntoa(opts->listen.sin_addr),
+			       ntohs(opts->listen.sin_port), strerror(errno));
+			goto err;
+		}
+		if (listen(px->lfd, 4096)) {
+			pr_err("listen: %s", strerror(errno));
+			goto err;
+		}
 	}
 	ev.data.ptr = NULL;
 	if (epoll_ctl(px->epfd, EPOLL_CTL_ADD, px->lfd, &ev))
@@ -1436,13 +1464,52 @@ err:
 	return NULL;
 }
 
+/* Stop taking connections; the socket may live on in a new daemon. */
+static void stop_accepting(struct proxy *px)
+{
+	if (px->lfd < 0)
+		return;
+	epoll_ctl(px->epfd, EPOLL_CTL_DEL, px->lfd, NULL);
+	close(px->lfd);
+	px->lfd = -1;
+}
+
+static size_t conn_count(const struct proxy *px)
+{
+	const struct conn *c;
+	size_t n = 0;
+
+	for (c = px->all; c; c = c->anext)
+		n++;
+	return n;
+}
+
 int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 {
 	struct epoll_event evs[MAX_EVENTS];
 	int timeout = 1000, n, i;
+	uint64_t drain_end = 0;
 
 	pr_info("listening on %s:%u", inet_ntoa(px->o.listen.sin_addr), ntohs(px->o.listen.sin_port));
-	while (!*stop) {
+	for (;;) {
+		if (*stop && !drain_end) {
+			stop_accepting(px);
+			drain_end = now_ms() + px->o.drain_ms;
+			if (px->all)
+				pr_info("draining: %zu connection%s may take up to %u ms to finish",
+					conn_count(px), conn_count(px) == 1 ? "" : "s", px->o.drain_ms);
+		}
+		if (drain_end) {
+			if (!px->all || *stop >= 2)
+				break;
+			if (now_ms() >= drain_end) {
+				pr_warn("drain timeout: closing %zu connection%s", conn_count(px),
+					conn_count(px) == 1 ? "" : "s");
+				break;
+			}
+			if (timeout > 100)
+				timeout = 100;
+		}
 		n = epoll_wait(px->epfd, evs, MAX_EVENTS, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -1468,6 +1535,11 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 		bury(px);
 	}
 	return 0;
+}
+
+int proxy_listen_fd(const struct proxy *px)
+{
+	return px->lfd;
 }
 
 const struct proxy_stats *proxy_stats(const struct proxy *px)

@@ -24,6 +24,8 @@ struct proxy_opts {
 	uint32_t connect_timeout_ms;	/* to an instance, before trying the next */
 	uint32_t fin_timeout_ms;	/* a half-closed connection's other half */
 	uint32_t linger_ms;		/* reading after an error answer, before close */
+	uint32_t drain_ms;		/* after a stop, time connections get to finish */
+	int listen_fd;			/* a listening socket taken over, or -1: bind `listen` */
 };
 
 struct proxy_stats {
@@ -39,9 +41,15 @@ struct proxy_stats {
 struct proxy;
 
 struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, struct router *rt);
-/* Serve until *stop becomes non-zero. Returns 0, or -1 on a fatal error. */
+/*
+ * Serve until *stop becomes non-zero, then stop accepting and let the open
+ * connections finish, for at most drain_ms (or until *stop reaches 2).
+ * Returns 0, or -1 on a fatal error.
+ */
 int proxy_run(struct proxy *px, volatile sig_atomic_t *stop);
 const struct proxy_stats *proxy_stats(const struct proxy *px);
+/* The listening socket (for a hand-over to a new daemon), -1 once closed. */
+int proxy_listen_fd(const struct proxy *px);
 struct health;
 /* Tell `h` when a connect to an instance fails. */
 void proxy_set_health(struct proxy *px, struct health *h);
