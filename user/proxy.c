@@ -102,6 +102,7 @@ struct conn {
 	int next_svc;		/* service of the request waiting for a backend */
 	uint32_t inst;
 	bool inst_counted;	/* counted in inst's conns_active */
+	bool one_shot;		/* the first request closes the connection: relay, do not splice */
 	uint64_t tried;		/* instance list positions tried for this request */
 	uint32_t upgrade_idx;	/* index of the upgrade request */
 	uint16_t status;	/* error answer */
@@ -406,7 +407,7 @@ enum head_result { HEAD_MORE, HEAD_ROUTED, HEAD_ERROR };
 
 /* Frame and route the peeked bytes. */
 static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t n,
-				   int *svc, uint16_t *status)
+				   int *svc, uint16_t *status, uint16_t *flags)
 {
 	struct ps_frame fr;
 	uint8_t path[PS_PATH_MAX];
@@ -433,6 +434,7 @@ static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t 
 				return HEAD_ERROR;
 			}
 			*svc = best;
+			*flags = fr.flags;
 			return HEAD_ROUTED;
 		case PS_EV_ERROR:
 			*status = fr.error;
@@ -542,7 +544,7 @@ static void splice_setup(struct conn *c)
 	struct ps_conn *cp, *bp;
 	int err;
 
-	if (first && c->cli.slot < 0) {
+	if (first && c->cli.slot < 0 && !c->one_shot) {
 		c->cli.slot = datapath_slot_alloc(px->dp);
 		if (c->cli.slot >= 0)
 			c->cli.pc = datapath_conn(px->dp, c->cli.slot);
@@ -649,7 +651,7 @@ static void head_try(struct conn *c)
 {
 	struct proxy *px = c->px;
 	enum head_result r;
-	uint16_t status = 0;
+	uint16_t status = 0, flags = 0;
 	ssize_t n;
 	int svc;
 
@@ -663,7 +665,7 @@ static void head_try(struct conn *c)
 		conn_close(c);
 		return;
 	}
-	r = head_parse(px, px->peek, n, &svc, &status);
+	r = head_parse(px, px->peek, n, &svc, &status, &flags);
 	if (r == HEAD_MORE) {
 		if (c->req.fin) {
 			/* the client closed its side before finishing the head */
@@ -679,6 +681,10 @@ static void head_try(struct conn *c)
 	timer_stop(c);
 	c->next_svc = svc;
 	c->tried = 0;
+	/* One exchange and done: relaying it costs less than setting up a
+	 * splice (sockhash inserts, verdict runs, removal) for it. */
+	c->one_shot = (flags & PS_FF_CONN_CLOSE) ||
+		      ((flags & PS_FF_HTTP10) && !(flags & PS_FF_CONN_KEEP));
 	connect_next(c);
 }
 

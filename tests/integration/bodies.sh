@@ -97,3 +97,20 @@ test_chunked_response_then_next_request() {
 	expect_eq "$(sed -n 2p <<<"$out")" '200 10 connects=0' "next request on the same connection" &&
 	stop_pathsplice
 }
+
+# "Connection: close" requests are relayed, not spliced: still byte-exact.
+test_connection_close_exchange_is_relayed_byte_exact() {
+	bodies_setup || return 1
+	local n=$((16 << 20)) sum_direct sum_proxy up
+	sum_direct=$(curl -sS --max-time 20 "http://127.0.0.1:$BACKEND_PORT/bulk/big?bytes=$n" | md5sum)
+	sum_proxy=$(curl -sS --max-time 20 -H 'Connection: close' "$(url "/bulk/big?bytes=$n")" | md5sum)
+	expect_eq "$sum_proxy" "$sum_direct" "16 MiB response (md5)" || return 1
+	head -c $n /dev/urandom >"$T_DIR/up.bin"
+	up=$(curl -sS --max-time 20 -H 'Connection: close' --data-binary @"$T_DIR/up.bin" \
+		"$(url '/bulk/up?echo=1')" | md5sum)
+	expect_eq "$up" "$(md5sum <"$T_DIR/up.bin")" "16 MiB upload echoed (md5)" &&
+	expect_eq "$(curl -s -o /dev/null -w '%{http_code}' -0 "$(url /bulk/http10)")" 200 "HTTP/1.0" &&
+	expect_match "$(cat "$PS_LOG")" '\(relayed\)' "relayed, not spliced" &&
+	expect_no_match "$(cat "$PS_LOG")" '\(spliced\)' "no splice set up" &&
+	stop_pathsplice
+}
