@@ -31,7 +31,7 @@ INCLUDES := -Iinclude -I$(OUT)
 CFLAGS	?= -O2 -g
 CFLAGS	+= -DPS_VERSION=\"0.1.0\" -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes \
 	   -D_GNU_SOURCE $(INCLUDES)
-LDLIBS	:= -lbpf -lelf -lz -ljansson -lcurl
+LDLIBS	:= -lbpf -lelf -lz -ljansson -lcurl -lmicrohttpd
 SAN	:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Ivmlinux -Iinclude \

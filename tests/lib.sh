@@ -122,13 +122,17 @@ write_registry() {
 	} >"$file"
 }
 
+# Test daemons run without the admin endpoint (its default port is shared by
+# SO_REUSEPORT); a test that wants one passes --admin, or empties this.
+PS_ADMIN_ARGS=(--admin off)
+
 # start_pathsplice REGISTRY [extra args]: listens on a fresh port, PS_PORT
 start_pathsplice() {
 	local registry=$1
 	shift
 	alloc_port PS_PORT
 	"$PATHSPLICE" run --listen "127.0.0.1:$PS_PORT" --registry "$registry" --host test \
-		--pin-dir "$PS_PIN" -v "$@" >>"$PS_LOG" 2>&1 &
+		--pin-dir "$PS_PIN" "${PS_ADMIN_ARGS[@]}" -v "$@" >>"$PS_LOG" 2>&1 &
 	PS_PID=$!
 	if ! wait_port "$PS_PORT" 10; then
 		cat "$PS_LOG" >&2

@@ -205,6 +205,8 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	dp->conn_index_fd = bpf_map__fd(skel->maps.conn_index);
 	dp->services_fd = bpf_map__fd(skel->maps.services);
 	dp->inst_stats_fd = bpf_map__fd(skel->maps.inst_stats);
+	dp->instances_fd = bpf_map__fd(skel->maps.instances);
+	dp->prog_fd = bpf_program__fd(skel->progs.ps_verdict);
 
 	/* The verdict belongs to the sockhash: only sockets pathsplice puts
 	 * there are ever seen by it. */

@@ -30,6 +30,8 @@ struct datapath {
 	int conn_index_fd;
 	int services_fd;
 	int inst_stats_fd;
+	int instances_fd;
+	int prog_fd;			/* the stream verdict */
 	struct ps_conn *conns;		/* mmapped `conns` */
 	struct ps_instance *instances;	/* mmapped `instances` */
 	__u64 *rr;			/* mmapped `rr` */

@@ -156,6 +156,8 @@ static void check_done(struct health *h, uint32_t slot, enum ps_check_reason why
 	if (why == PS_CHK_OK) {
 		hs->fails = 0;
 		hs->oks++;
+		if (pi->reason == PS_CHK_NONE)
+			pi->reason = PS_CHK_OK;
 		if (st == PS_INST_DOWN && hs->oks >= h->o.rise) {
 			pi->reason = PS_CHK_OK;
 			snprintf(what, sizeof(what), "%u check%s passed", hs->oks, hs->oks == 1 ? "" : "s");

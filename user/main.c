@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "controller.h"
 #include "datapath.h"
 #include "health.h"
@@ -21,6 +22,7 @@
 #include "router.h"
 #include "routes.h"
 #include "source.h"
+#include "status.h"
 #include "upgrade.h"
 
 #define DEFAULT_LISTEN		"0.0.0.0:8080"
@@ -77,6 +79,7 @@ struct handover {
 	struct proxy_opts *po;
 	struct proxy *px;
 	struct datapath *dp;
+	struct admin **admin;		/* stopped at the hand-over: the new daemon answers */
 	bool done;
 };
 
@@ -94,6 +97,8 @@ static void on_upgrade(void *arg)
 		return;
 	h->done = true;
 	pr_info("upgrade: a new pathsplice took over the listener: draining");
+	admin_stop(*h->admin);
+	*h->admin = NULL;
 	if (!stop_flag)
 		stop_flag = 1;
 }
@@ -110,6 +115,8 @@ static void usage_main(FILE *f)
 		"  run        start the balancer (pathsplice run --help)\n"
 		"  check      validate a registry and show what this host would serve\n"
 		"             (pathsplice check --help)\n"
+		"  status     services, instances, health and counters of a running daemon\n"
+		"             (pathsplice status --help)\n"
 		"  version    print the version\n"
 		"  help       this text\n");
 }
@@ -121,18 +128,29 @@ static void usage_run(FILE *f)
 		"\n"
 		"Serve HTTP on one address, routing each request by the longest whole-segment\n"
 		"prefix of its path to a service of the registry, round-robin among the\n"
-		"service's instances on this host.\n"
+		"service's instances on this host that are up.\n"
 		"\n"
-		"options:\n"
+		"where:\n"
 		"  --listen ADDR:PORT      address to serve on (default %s)\n"
+		"  --admin ADDR:PORT|off   admin endpoint: /load /culprit /stats /metrics\n"
+		"                          (default %s; an address other than loopback\n"
+		"                          only when named, e.g. 0.0.0.0:9180)\n"
+		"  --pin-dir DIR           where BPF maps and programs are pinned\n"
+		"                          (default %s)\n"
+		"\n"
+		"registry:\n"
 		"  --registry SPEC         where the registry is (default %s):\n"
 		"                            a JSON file, re-read when it changes;\n"
 		"                            http://HOST:PORT/PATH or https://..., polled;\n"
-		"                            etcd://HOST:PORT/PREFIX, one instance per key\n"
+		"                            etcd://HOST:PORT/PREFIX/, one instance per key\n"
+		"  --host NAME             serve the registry's instances of this host\n"
+		"                          (default: this machine's hostname)\n"
 		"  --poll-interval DUR     HTTP registry poll interval (default 2s)\n"
-		"  --drain-timeout DUR     time connections to a removed instance may take\n"
-		"                          to finish before they are closed (default 30s)\n"
-		"  --check-interval DUR    health check of every instance this often (default 2s):\n"
+		"  --drain-timeout DUR     time connections to a removed instance, or all of\n"
+		"                          them after SIGTERM, get to finish (default 30s)\n"
+		"\n"
+		"health:\n"
+		"  --check-interval DUR    check every instance this often (default 2s):\n"
 		"                          a TCP connect, or GET of the record's \"check\" path\n"
 		"                          answering 2xx/3xx\n"
 		"  --check-timeout DUR     a check not done by then fails (default 2s)\n"
@@ -140,10 +158,8 @@ static void usage_run(FILE *f)
 		"                          (default 3); a refused or timed-out connect from the\n"
 		"                          data path takes it down at once\n"
 		"  --rise N                passed checks in a row that bring it back (default 2)\n"
-		"  --host NAME             serve the registry's instances of this host\n"
-		"                          (default: this machine's hostname)\n"
-		"  --pin-dir DIR           where BPF maps and programs are pinned\n"
-		"                          (default %s)\n"
+		"\n"
+		"connections:\n"
 		"  --max-head BYTES        request head limit, 431 beyond (default 8192)\n"
 		"  --head-timeout DUR      time allowed for a request head, 408 after (default 10s)\n"
 		"  --connect-timeout DUR   time allowed to connect to an instance before the\n"
@@ -153,6 +169,7 @@ static void usage_run(FILE *f)
 		"                          userspace (default %d)\n"
 		"  --flow-limit BYTES      bytes the kernel may queue for a slow reader before\n"
 		"                          the connection is paused (default 1048576)\n"
+		"\n"
 		"  -v, --verbose           more logging (twice: debug, with libbpf's log)\n"
 		"  -q, --quiet             warnings and errors only\n"
 		"  -h, --help              this text\n"
@@ -174,7 +191,8 @@ static void usage_run(FILE *f)
 		"\n"
 		"Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start or fails, 2 on\n"
 		"a usage error.\n",
-		DEFAULT_LISTEN, DEFAULT_REGISTRY, DEFAULT_PIN_DIR, PS_DEFAULT_MAX_CONNS / 2);
+		DEFAULT_LISTEN, ADMIN_DEFAULT_ADDR, DEFAULT_PIN_DIR, DEFAULT_REGISTRY,
+		PS_DEFAULT_MAX_CONNS / 2);
 }
 
 static int parse_addr(const char *s, struct sockaddr_in *out)
@@ -273,11 +291,60 @@ static void on_registry(void *arg)
 	routes_free(&rt);
 }
 
+/* What only the daemon knows, for /stats: read from the admin's thread. */
+struct admin_hook {
+	struct controller *ctl;
+	struct proxy *px;
+};
+
+static void admin_extra(json_t *root, void *arg)
+{
+	struct admin_hook *h = arg;
+	struct controller_stats cs = controller_stats(h->ctl);
+	const struct proxy_stats *ps = proxy_stats(h->px);
+
+	json_object_set_new(root, "registry", json_pack("{s:s, s:I, s:I}",
+		"source", controller_source(h->ctl), "tables", (json_int_t)cs.tables,
+		"errors", (json_int_t)cs.errors));
+	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+		"accepted", (json_int_t)__atomic_load_n(&ps->accepted, __ATOMIC_RELAXED),
+		"spliced", (json_int_t)__atomic_load_n(&ps->spliced, __ATOMIC_RELAXED),
+		"relayed", (json_int_t)__atomic_load_n(&ps->relayed, __ATOMIC_RELAXED),
+		"handbacks", (json_int_t)__atomic_load_n(&ps->handbacks, __ATOMIC_RELAXED),
+		"reroutes", (json_int_t)__atomic_load_n(&ps->reroutes, __ATOMIC_RELAXED),
+		"connect_failures",
+		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED)));
+}
+
+/*
+ * The admin endpoint reveals the host's processes: it binds to an address
+ * other than loopback only when --admin names that address ("0.0.0.0:9180"
+ * included); ":9180" or "*:9180" is refused rather than taken as "every
+ * address".
+ */
+static int parse_admin(const char *s, struct sockaddr_in *out)
+{
+	if (s[0] == ':' || !strncmp(s, "*:", 2)) {
+		fprintf(stderr, "pathsplice: --admin %s would listen on every address; the admin "
+			"endpoint shows this host's processes: name the address (e.g. "
+			"127.0.0.1%s, or 0.0.0.0%s to mean it)\n", s, strchr(s, ':'), strchr(s, ':'));
+		return -1;
+	}
+	if (parse_addr(s, out)) {
+		fprintf(stderr, "pathsplice: --admin: expected ADDR:PORT (IPv4) or off, got '%s'\n", s);
+		return -1;
+	}
+	if ((ntohl(out->sin_addr.s_addr) >> 24) != 127)
+		pr_warn("admin endpoint on %s, not loopback: it shows this host's processes and "
+			"load to whoever reaches it", s);
+	return 0;
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	enum { O_LISTEN = 256, O_REGISTRY, O_HOST, O_PIN_DIR, O_MAX_HEAD, O_HEAD_TIMEOUT,
 	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT, O_POLL_INTERVAL,
-	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE };
+	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE, O_ADMIN };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "registry", required_argument, NULL, O_REGISTRY },
@@ -295,6 +362,7 @@ static int cmd_run(int argc, char **argv)
 		{ "check-timeout", required_argument, NULL, O_CHECK_TIMEOUT },
 		{ "fall", required_argument, NULL, O_FALL },
 		{ "rise", required_argument, NULL, O_RISE },
+		{ "admin", required_argument, NULL, O_ADMIN },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -315,8 +383,12 @@ static int cmd_run(int argc, char **argv)
 		.fc_limit = 1 << 20,
 	};
 	const char *registry = DEFAULT_REGISTRY, *listen_s = DEFAULT_LISTEN;
+	const char *admin_s = ADMIN_DEFAULT_ADDR;
 	char host[PS_NAME_MAX] = "", err[1024];
 	struct source_opts sopts = { .poll_ms = 2000 };
+	struct sockaddr_in admin_addr;
+	struct admin_hook ah;
+	struct admin *admin = NULL;
 	uint32_t drain_ms = 30000;
 	struct health_opts hopts = { .interval_ms = 2000, .timeout_ms = 2000, .fall = 3, .rise = 2 };
 	struct health *health = NULL;
@@ -394,6 +466,9 @@ static int cmd_run(int argc, char **argv)
 			}
 			dopts.fc_limit = v;
 			break;
+		case O_ADMIN:
+			admin_s = optarg;
+			break;
 		case O_FALL:
 		case O_RISE:
 			if (parse_u64(optarg, 1, 100, &v)) {
@@ -424,6 +499,8 @@ static int cmd_run(int argc, char **argv)
 		fprintf(stderr, "pathsplice: --listen: expected ADDR:PORT (IPv4), got '%s'\n", listen_s);
 		return 2;
 	}
+	if (strcmp(admin_s, "off") && parse_admin(admin_s, &admin_addr))
+		return 2;
 	if (default_host(host, sizeof(host)))
 		return 1;
 	log_setup_libbpf();
@@ -483,6 +560,24 @@ static int cmd_run(int argc, char **argv)
 	if (ho.cfd >= 0 && proxy_add_hook(px, ho.cfd, on_upgrade, &ho))
 		goto out;
 
+	if (strcmp(admin_s, "off")) {
+		struct stats_maps maps = {
+			.services_fd = dp.services_fd,
+			.instances_fd = dp.instances_fd,
+			.inst_stats_fd = dp.inst_stats_fd,
+			.prog_fd = dp.prog_fd,
+		};
+
+		ah.ctl = ctl;
+		ah.px = px;
+		admin = admin_start(&admin_addr, &maps, admin_extra, &ah, err, sizeof(err));
+		if (admin)
+			pr_info("admin endpoint on http://%s", admin_s);
+		else	/* the data path matters more than its dashboard */
+			pr_warn("admin endpoint %s: %s; running without it", admin_s, err);
+	}
+	ho.admin = &admin;
+
 	reload_ctl = ctl;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
@@ -499,6 +594,7 @@ out:
 		close(ho.cfd);	/* its path belongs to the new daemon now */
 	else
 		upgrade_close(ho.cfd, dopts.pin_dir);
+	admin_stop(admin);	/* its threads read the maps and the controller */
 	controller_free(ctl);	/* first: its thread must not outlive what it hands to */
 	proxy_free(px);
 	health_free(health);
@@ -617,6 +713,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 1, argv + 1);
 	if (!strcmp(cmd, "check"))
 		return cmd_check(argc - 1, argv + 1);
+	if (!strcmp(cmd, "status"))
+		return cmd_status(argc - 1, argv + 1);
 	fprintf(stderr, "pathsplice: unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return 2;

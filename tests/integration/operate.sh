@@ -107,3 +107,29 @@ test_upgrade_under_load_drops_nothing() {
 	PS_LOG=$T_DIR/pathsplice2.log
 	stop_pathsplice
 }
+
+# The admin endpoint shows the host's processes: loopback unless an address is
+# named; ":PORT" is refused rather than read as "every address".
+test_admin_binds_loopback_unless_an_address_is_named() {
+	local pa padm out rc
+	alloc_port pa padm
+	start_backend a "$pa" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		a service1 /service1 $pa
+	EOT
+	out=$("$PATHSPLICE" run --listen 127.0.0.1:$((T_PORT + 30)) --registry "$T_DIR/registry.json" \
+		--host test --pin-dir "$PS_PIN" --admin ":$padm" 2>&1)
+	rc=$?
+	expect_eq "$rc" 2 "--admin :PORT is a usage error" &&
+	expect_match "$out" 'would listen on every address' "the reason" || return 1
+	local PS_ADMIN_ARGS=()	# the default
+	start_pathsplice "$T_DIR/registry.json" || return 1
+	expect_match "$(ss -Hltnp 'sport = :9180')" "127\.0\.0\.1:9180 .*pid=$PS_PID," "default: loopback 9180" &&
+	expect_no_match "$(ss -Hltnp 'sport = :9180')" "(0\.0\.0\.0|\*):9180 .*pid=$PS_PID," "not every address" &&
+	stop_pathsplice || return 1
+	start_pathsplice "$T_DIR/registry.json" --admin "0.0.0.0:$padm" || return 1
+	expect_match "$(ss -Hltnp "sport = :$padm")" "0\.0\.0\.0:$padm .*pid=$PS_PID," "named: every address" &&
+	expect_match "$(cat "$PS_LOG")" 'not loopback: it shows this host' "warned" &&
+	expect_match "$(curl -s --max-time 5 "http://127.0.0.1:$padm/load")" '"cpus"' "it answers" &&
+	stop_pathsplice
+}
