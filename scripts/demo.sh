@@ -54,7 +54,10 @@ pathsplice is serving on $LISTEN. Try, from another terminal:
   curl http://127.0.0.1:$PORT/service1/a http://127.0.0.1:$PORT/service2/b
                                                     # one keep-alive connection, two services
   sudo bpftool map dump pinned /sys/fs/bpf/pathsplice/services
+  sudo $BIN status                                  # services, instances, health, counters
+  curl http://127.0.0.1:9180/stats                  # the same as JSON (/metrics, /load, /culprit)
 
+Edit examples/registry.json (e.g. remove s1-b) and the change applies at once.
 Ctrl-C stops the demo (and unpins everything).
 EOT
 wait "${pids[-1]}"
