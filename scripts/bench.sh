@@ -51,6 +51,8 @@ Rows: keep-alive small responses c50 (req/s), c1 latency p50/p99 (ms), 1 MiB
 responses c8 (MiB/s), Connection: close c50 (req/s), whole-machine CPU seconds
 per million requests during the keep-alive row.
 
+PATHSPLICE_ARGS adds arguments to \`pathsplice run\` (e.g. --flow-limit 4194304).
+
 pathsplice ($PS_BIN) is optional in the default target list: if it is not
 built or fails to start it is skipped with a note. Named in --targets, its
 failure makes the run fail. Exit status: 0 when every required target produced
@@ -355,8 +357,10 @@ start_target() { # target -> 0 if listening
 			rm -rf "$PIN_DIR"
 		fi
 		PIN_USED=1
+		# shellcheck disable=SC2086 # PATHSPLICE_ARGS is a list of words
 		start_server pathsplice "$PS_BIN" run --listen "$LISTEN_ADDR:$port" \
-			--registry "$d/registry.json" --host bench --pin-dir "$PIN_DIR"
+			--registry "$d/registry.json" --host bench --pin-dir "$PIN_DIR" \
+			${PATHSPLICE_ARGS:-}
 		;;
 	esac
 	TPID[$t]=$LAST_PID

@@ -39,7 +39,9 @@
 
 #define BUF_SIZE	(64 * 1024)
 #define POLL_MIN_MS	1
-#define POLL_MAX_MS	50
+#define POLL_FAST_MS	2	/* while a wait is young: the kernel usually drains in ms */
+#define POLL_FAST_FOR_MS 100	/* how long a wait counts as young */
+#define POLL_MAX_MS	50	/* a reader that stopped: look rarely */
 #define MAX_EVENTS	256
 
 enum cstate { CS_HEAD, CS_CONNECTING, CS_OPEN, CS_LINGER };
@@ -119,6 +121,8 @@ struct conn {
 	bool again;		/* the pump stopped while bytes were still moving */
 	uint64_t poll_at;
 	uint32_t poll_ms;
+	uint64_t poll_since;	/* when this wait began: polling, no byte moved since */
+	uint64_t poll_moved;	/* `moved` then */
 	struct conn *pprev, *pnext;
 	struct conn *aprev, *anext;	/* every live connection */
 	bool dead;		/* to be closed at the end of this pump */
@@ -237,13 +241,20 @@ static void poll_update(struct conn *c)
 		poll_stop(c);
 		return;
 	}
+	if (!c->polling || c->moved != c->poll_moved) {
+		c->poll_since = now_ms();
+		c->poll_moved = c->moved;
+	}
 	if (c->again) {
 		c->poll_at = 0;
 	} else {
+		uint64_t now = now_ms();
+		uint32_t max = now - c->poll_since < POLL_FAST_FOR_MS ? POLL_FAST_MS : POLL_MAX_MS;
+
 		c->poll_ms = c->poll_ms ? c->poll_ms * 2 : POLL_MIN_MS;
-		if (c->poll_ms > POLL_MAX_MS)
-			c->poll_ms = POLL_MAX_MS;
-		c->poll_at = now_ms() + c->poll_ms;
+		if (c->poll_ms > max)
+			c->poll_ms = max;
+		c->poll_at = now + c->poll_ms;
 	}
 	if (c->polling)
 		return;
