@@ -23,7 +23,8 @@
 #include "log.h"
 #include "upgrade.h"
 
-#define IO_TIMEOUT_MS	5000
+#define IO_TIMEOUT_MS	5000	/* the new daemon waits this long for an answer */
+#define SERVE_TIMEOUT_MS 300	/* the running one, on its event loop, this long for a request */
 
 static int ctl_addr(const char *pin_dir, struct sockaddr_un *sun)
 {
@@ -48,8 +49,8 @@ static void addr_str(const struct sockaddr_in *a, char *buf, size_t len)
 	snprintf(buf, len, "%s:%u", ip, ntohs(a->sin_port));
 }
 
-/* One line, waiting at most IO_TIMEOUT_MS; the fd passed along, if any. */
-static ssize_t recv_line(int fd, char *buf, size_t len, int *passed)
+/* One line, waiting at most timeout_ms; the fd passed along, if any. */
+static ssize_t recv_line(int fd, char *buf, size_t len, int *passed, int timeout_ms)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { .iov_base = buf, .iov_len = len - 1 };
@@ -63,7 +64,7 @@ static ssize_t recv_line(int fd, char *buf, size_t len, int *passed)
 
 	if (passed)
 		*passed = -1;
-	if (poll(&pfd, 1, IO_TIMEOUT_MS) != 1)
+	if (poll(&pfd, 1, timeout_ms) != 1)
 		return -1;
 	n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
 	if (n <= 0)
@@ -121,7 +122,7 @@ int upgrade_request(const char *pin_dir, const struct sockaddr_in *listen, int *
 	}
 	addr_str(listen, want, sizeof(want));
 	snprintf(req, sizeof(req), "takeover %s\n", want);
-	if (send_line(fd, req, -1) || recv_line(fd, resp, sizeof(resp), &passed) < 0) {
+	if (send_line(fd, req, -1) || recv_line(fd, resp, sizeof(resp), &passed, IO_TIMEOUT_MS) < 0) {
 		pr_err("upgrade: the running pathsplice (%s) did not answer", sun.sun_path);
 		close(fd);
 		return -1;
@@ -182,7 +183,7 @@ int upgrade_serve(int cfd, const char *pin_dir, const struct sockaddr_in *listen
 	if (fd < 0)
 		return 0;
 	addr_str(listen, mine, sizeof(mine));
-	if (recv_line(fd, req, sizeof(req), NULL) < 0 || strncmp(req, "takeover ", 9)) {
+	if (recv_line(fd, req, sizeof(req), NULL, SERVE_TIMEOUT_MS) < 0 || strncmp(req, "takeover ", 9)) {
 		send_line(fd, "error bad request\n", -1);
 	} else if (strcmp(req + 9, mine)) {
 		snprintf(resp, sizeof(resp), "error this pathsplice listens on %s\n", mine);
