@@ -39,6 +39,7 @@
 
 #include "pattern.h"
 #include "ps_http.h"
+#include "ps_signals.h"
 #include "ps_ws.h"
 #include "selftest.h"
 
@@ -933,24 +934,6 @@ static void *signal_thread(void *arg)
 	exit(0);
 }
 
-/* Blocks the signals in every thread (they inherit the mask) but one. */
-static void setup_signals(void)
-{
-	static sigset_t set;
-	pthread_t tid;
-
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	if (pthread_create(&tid, NULL, signal_thread, &set) != 0) {
-		fprintf(stderr, "ps-backend: cannot start the signal thread\n");
-		exit(1);
-	}
-	pthread_detach(tid);
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -1030,7 +1013,7 @@ int main(int argc, char **argv)
 	int lfd = listen_on(listen_addr);
 
 	raise_fd_limit();
-	setup_signals();
+	ps_setup_signals("ps-backend", signal_thread);
 	if (g_pidfile)
 		write_pidfile(g_pidfile);
 	accept_loop(lfd);

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "ps_http.h"
+#include "ps_signals.h"
 
 #define INBUF_SIZE	(16 * 1024)
 #define FILE_MAX	(32u << 20)	/* larger than the daemon's limit, to test it */
@@ -438,24 +439,6 @@ static void *signal_thread(void *arg)
 	_exit(0);
 }
 
-/* Blocks the signals in every thread (they inherit the mask) but one. */
-static void setup_signals(void)
-{
-	static sigset_t set;
-	pthread_t tid;
-
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	if (pthread_create(&tid, NULL, signal_thread, &set) != 0) {
-		fprintf(stderr, "ps-regserver: cannot start the signal thread\n");
-		exit(1);
-	}
-	pthread_detach(tid);
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -502,7 +485,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	lfd = listen_on(listen_addr);
-	setup_signals();
+	ps_setup_signals("ps-regserver", signal_thread);
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 
