@@ -103,7 +103,9 @@ start_backend() {
 kill_backend() {
 	local pid
 	pid=$(ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
-	[ -n "$pid" ] && kill -KILL "$pid" && wait_pid_exit "$pid" 2
+	[ -n "$pid" ] || return 1
+	disown "$pid" 2>/dev/null	# no "Killed" job report in the test output
+	kill -KILL "$pid" && wait_pid_exit "$pid" 2
 }
 
 # registry FILE then records "id name path port [extra json]" on stdin
