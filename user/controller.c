@@ -68,19 +68,20 @@ struct controller *controller_new(const char *spec, const char *host,
 	return ctl;
 }
 
-static void count_error(struct controller *ctl)
+static void count_errors(struct controller *ctl, uint64_t n)
 {
+	if (!n)
+		return;
 	pthread_mutex_lock(&ctl->lock);
-	ctl->st.errors++;
+	ctl->st.errors += n;
 	pthread_mutex_unlock(&ctl->lock);
 }
 
 /* A failed read or build: say so once per distinct reason (`quiet`: the
- * caller says it). */
+ * caller says it). Counting is the caller's. */
 static void report_failure(struct controller *ctl, const char *err, bool quiet)
 {
 	ctl->failures++;
-	count_error(ctl);
 	if (quiet) {
 		snprintf(ctl->last_err, sizeof(ctl->last_err), "%s", err);
 	} else if (strcmp(err, ctl->last_err)) {
@@ -106,11 +107,14 @@ static void report_success(struct controller *ctl)
 static int follow(struct controller *ctl, uint32_t wait_ms, struct routes *rt,
 		  char *err, size_t errlen, bool quiet)
 {
+	uint64_t errors = source_errors(ctl->src);
 	struct registry reg = { 0 };
 	enum source_result r;
 	int ret;
 
 	r = source_wait(ctl->src, wait_ms, &reg, err, errlen);
+	/* failed reads, and the records a source skipped on its own (etcd keys) */
+	count_errors(ctl, source_errors(ctl->src) - errors);
 	if (r == SRC_SAME)
 		return 0;
 	if (r == SRC_ERROR) {
@@ -120,6 +124,7 @@ static int follow(struct controller *ctl, uint32_t wait_ms, struct routes *rt,
 	ret = routes_build(&reg, ctl->host, rt, err, errlen);
 	registry_free(&reg);
 	if (ret) {
+		count_errors(ctl, 1);
 		report_failure(ctl, err, quiet);
 		return -1;
 	}
@@ -155,7 +160,6 @@ static void *controller_main(void *arg)
 			s = source_open(ctl->spec, &ctl->sopts, err, sizeof(err));
 			if (s) {
 				pr_info("registry: reading %s again (SIGHUP)", ctl->spec);
-				s->errors = ctl->src->errors;
 				source_close(ctl->src);
 				ctl->src = s;
 			}

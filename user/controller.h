@@ -23,7 +23,7 @@ struct controller;
 
 struct controller_stats {
 	uint64_t tables;		/* tables handed over */
-	uint64_t errors;		/* failed reads and tables that could not be built */
+	uint64_t errors;		/* failed reads, records skipped, tables not built */
 };
 
 /* Open the source of `spec` for the instances of `host`. NULL on a spec that

@@ -14,23 +14,7 @@
 
 #include "log.h"
 #include "router.h"
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static const char *ep_str(uint32_t addr, uint16_t port_host, char *buf, size_t len)
-{
-	char a[INET_ADDRSTRLEN];
-
-	inet_ntop(AF_INET, &addr, a, sizeof(a));
-	snprintf(buf, len, "%s:%u", a, port_host);
-	return buf;
-}
+#include "util.h"
 
 int router_init(struct router *r, struct datapath *dp, uint32_t drain_ms)
 {
@@ -116,13 +100,13 @@ static int alloc_slot(struct router *r, uint32_t *cursor, bool *taken)
 static void drain(struct router *r, uint32_t slot, const char *svc, const char *why)
 {
 	struct ps_instance *pi = &r->dp->instances[slot];
-	char ep[32];
+	char ep[PS_ADDR_STRLEN];
 
 	set_state(r, slot, PS_INST_DRAINING);
-	r->inst[slot].drain_deadline = mono_ms() + r->drain_ms;
+	r->inst[slot].drain_deadline = ps_now_ms() + r->drain_ms;
 	r->n_draining++;
 	pr_info("registry: %s: instance %s %s %s: draining", svc, pi->id,
-		ep_str(pi->addr, ntohs(pi->port), ep, sizeof(ep)), why);
+		ps_addr_str(pi->addr, pi->port, ep, sizeof(ep)), why);
 }
 
 /* Where the instances of a new table's service live: kept or new slots. */
@@ -149,7 +133,7 @@ int router_update(struct router *r, struct routes *nrt)
 	uint32_t *new_id = calloc(nrt->n ? nrt->n : 1, sizeof(uint32_t));
 	size_t i, j, k;
 	int ret = -1;
-	char ep[32];
+	char ep[PS_ADDR_STRLEN];
 
 	if (!plan || !id_taken || !slot_taken || !old_live || !new_id) {
 		pr_err("registry: out of memory applying a new table");
@@ -226,7 +210,7 @@ int router_update(struct router *r, struct routes *nrt)
 				if (p->old)
 					pr_info("registry: %s %s: instance %s %s added", ns->name,
 						ns->path, ri->id,
-						ep_str(ri->addr, ri->port, ep, sizeof(ep)));
+						ps_addr_str(ri->addr, htons(ri->port), ep, sizeof(ep)));
 			}
 			if (strcmp(r->inst[slot].check, ri->check)) {
 				if (!slot_taken[slot])
@@ -292,7 +276,6 @@ drain_removed:
 	r->rt_id = new_id;
 	new_id = NULL;
 	r->loaded = true;
-	r->updates++;
 out:
 	free(plan);
 	free(id_taken);

@@ -61,7 +61,6 @@ struct router {
 	uint32_t n_retired;		/* removed service ids not yet reusable */
 	uint32_t id_cursor, slot_cursor;	/* where the next free id / slot is searched */
 	bool loaded;			/* a registry has been applied */
-	uint64_t updates;		/* tables applied */
 };
 
 /* A chosen instance. */
