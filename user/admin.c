@@ -23,6 +23,7 @@
 #include "log.h"
 #include "procstat.h"
 #include "stats.h"
+#include "util.h"
 
 #ifndef PS_VERSION
 #define PS_VERSION "dev"
@@ -51,14 +52,6 @@ struct admin {
 	bool starting;
 	char start_msg[256];		/* MHD's first complaint while starting */
 };
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* MHD's messages: kept for admin_start()'s error while starting, logged after. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -193,9 +186,9 @@ static enum MHD_Result get_culprit(struct admin *a, struct MHD_Connection *conn)
 
 	/* concurrent requests wait for one measurement and share it */
 	pthread_mutex_lock(&a->culprit_lock);
-	if (!a->have_culprit || mono_ms() - a->culprit_at_ms >= ADMIN_CULPRIT_CACHE_MS) {
+	if (!a->have_culprit || ps_now_ms() - a->culprit_at_ms >= ADMIN_CULPRIT_CACHE_MS) {
 		a->culprit_err = procstat_culprit(ADMIN_CULPRIT_MS, getpid(), &a->culprit);
-		a->culprit_at_ms = mono_ms();
+		a->culprit_at_ms = ps_now_ms();
 		a->have_culprit = true;
 	}
 	err = a->culprit_err;
@@ -325,7 +318,6 @@ struct admin *admin_start(const struct sockaddr_in *addr, const struct stats_map
 			  char *err, size_t errlen)
 {
 	struct admin *a = calloc(1, sizeof(*a));
-	char ip[INET_ADDRSTRLEN] = "?";
 
 	if (!a) {
 		snprintf(err, errlen, "admin endpoint: out of memory");
@@ -337,8 +329,7 @@ struct admin *admin_start(const struct sockaddr_in *addr, const struct stats_map
 	a->maps = *maps;
 	a->extra = extra;
 	a->arg = arg;
-	inet_ntop(AF_INET, &addr->sin_addr, ip, sizeof(ip));
-	snprintf(a->where, sizeof(a->where), "%s:%u", ip, ntohs(addr->sin_port));
+	ps_addr_str(addr->sin_addr.s_addr, addr->sin_port, a->where, sizeof(a->where));
 	a->starting = true;
 
 	a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |

@@ -17,6 +17,7 @@
 
 #include "health.h"
 #include "log.h"
+#include "util.h"
 
 #define TICK_MS		50		/* scheduling and timeout resolution */
 #define TIMER_KEY	UINT32_MAX	/* epoll key of the timerfd */
@@ -43,14 +44,6 @@ struct health {
 	struct hslot *s;		/* [PS_MAX_INSTANCES] */
 	uint32_t seed;
 };
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct ps_instance *inst(struct health *h, uint32_t slot)
 {
@@ -100,15 +93,15 @@ static bool service_up(struct health *h, uint32_t svc)
 static void log_change(struct health *h, uint32_t slot, const char *what)
 {
 	struct ps_instance *pi = inst(h, slot);
-	char a[INET_ADDRSTRLEN], why[64];
+	char a[PS_ADDR_STRLEN], why[64];
 
-	inet_ntop(AF_INET, &pi->addr, a, sizeof(a));
+	ps_addr_str(pi->addr, pi->port, a, sizeof(a));
 	if (state_of(pi) == PS_INST_UP)
-		pr_info("health: %s: instance %s %s:%u up (%s)", router_service_name(h->r, pi->service),
-			pi->id, a, ntohs(pi->port), what);
+		pr_info("health: %s: instance %s %s up (%s)", router_service_name(h->r, pi->service),
+			pi->id, a, what);
 	else
-		pr_warn("health: %s: instance %s %s:%u down: %s (%s)",
-			router_service_name(h->r, pi->service), pi->id, a, ntohs(pi->port),
+		pr_warn("health: %s: instance %s %s down: %s (%s)",
+			router_service_name(h->r, pi->service), pi->id, a,
 			health_reason_str(pi, why, sizeof(why)), what);
 }
 
@@ -150,7 +143,7 @@ static void check_done(struct health *h, uint32_t slot, enum ps_check_reason why
 	char what[64];
 
 	check_close(h, hs);
-	hs->next_at = mono_ms() + h->o.interval_ms;
+	hs->next_at = ps_now_ms() + h->o.interval_ms;
 	if (st != PS_INST_UP && st != PS_INST_DOWN)
 		return;
 	if (why == PS_CHK_OK) {
@@ -206,7 +199,7 @@ static void check_io(struct health *h, uint32_t slot)
 	if (hs->fd < 0)
 		return;
 	if (!hs->sent) {
-		char req[PS_PATH_MAX + 160], a[INET_ADDRSTRLEN];
+		char req[PS_PATH_MAX + 160], a[PS_ADDR_STRLEN];
 		int n;
 
 		if (getsockopt(hs->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err) {
@@ -217,10 +210,10 @@ static void check_io(struct health *h, uint32_t slot)
 			check_done(h, slot, PS_CHK_OK, 0, 0);
 			return;
 		}
-		inet_ntop(AF_INET, &pi->addr, a, sizeof(a));
 		n = snprintf(req, sizeof(req),
-			     "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUser-Agent: pathsplice-health\r\n"
-			     "Connection: close\r\n\r\n", h->r->inst[slot].check, a, ntohs(pi->port));
+			     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pathsplice-health\r\n"
+			     "Connection: close\r\n\r\n", h->r->inst[slot].check,
+			     ps_addr_str(pi->addr, pi->port, a, sizeof(a)));
 		if (send(hs->fd, req, n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
 			check_done(h, slot, errno_reason(errno), 0, errno);
 			return;
@@ -291,7 +284,7 @@ static void check_start(struct health *h, uint32_t slot, uint64_t now)
 /* Every tick: start due checks, time out slow ones, follow slot changes. */
 static void schedule(struct health *h)
 {
-	uint64_t now = mono_ms();
+	uint64_t now = ps_now_ms();
 	uint32_t slot;
 
 	for (slot = 0; slot < PS_MAX_INSTANCES; slot++) {
@@ -385,7 +378,7 @@ struct health *health_new(struct router *r, const struct health_opts *opts)
 	h->r = r;
 	h->o = *opts;
 	h->epfd = h->tfd = -1;
-	h->seed = (uint32_t)mono_ms() ^ (uint32_t)getpid();
+	h->seed = (uint32_t)ps_now_ms() ^ (uint32_t)getpid();
 	h->s = calloc(PS_MAX_INSTANCES, sizeof(*h->s));
 	if (!h->s)
 		goto err;

@@ -24,6 +24,7 @@
 #include "source.h"
 #include "status.h"
 #include "upgrade.h"
+#include "util.h"
 
 #define DEFAULT_LISTEN		"0.0.0.0:8080"
 #define DEFAULT_REGISTRY	"/etc/pathsplice/registry.json"
@@ -636,7 +637,7 @@ static int cmd_check(int argc, char **argv)
 	};
 	const char *registry = DEFAULT_REGISTRY;
 	struct source_opts sopts = { .timeout_ms = 5000 };
-	char host[PS_NAME_MAX] = "", err[1024], a[INET_ADDRSTRLEN];
+	char host[PS_NAME_MAX] = "", err[1024], a[PS_ADDR_STRLEN];
 	struct routes rt = { 0 };
 	struct controller *ctl;
 	size_t i, j, n_inst = 0;
@@ -688,8 +689,8 @@ static int cmd_check(int argc, char **argv)
 
 		printf("  %s %s\n", rs->path, rs->name);
 		for (j = 0; j < rs->n_inst; j++) {
-			inet_ntop(AF_INET, &rs->inst[j].addr, a, sizeof(a));
-			printf("    %-24s %s:%u  check %s\n", rs->inst[j].id, a, rs->inst[j].port,
+			printf("    %-24s %s  check %s\n", rs->inst[j].id,
+			       ps_addr_str(rs->inst[j].addr, htons(rs->inst[j].port), a, sizeof(a)),
 			       rs->inst[j].check[0] ? rs->inst[j].check : "tcp");
 		}
 	}

@@ -36,6 +36,7 @@
 #include "http_frame.h"
 #include "log.h"
 #include "proxy.h"
+#include "util.h"
 
 #define BUF_SIZE	(64 * 1024)
 #define POLL_MIN_MS	1
@@ -167,14 +168,6 @@ struct proxy {
 static void pump(struct conn *c);
 static void conn_close(struct conn *c);
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
-}
-
 /* ---- timers ---------------------------------------------------------- */
 
 static void timer_stop(struct conn *c)
@@ -203,7 +196,7 @@ static void timer_start(struct conn *c, enum timer_kind kind)
 
 	timer_stop(c);
 	c->tkind = kind;
-	c->deadline = now_ms() + tl->ms;
+	c->deadline = ps_now_ms() + tl->ms;
 	c->tprev = tl->tail;
 	if (tl->tail)
 		tl->tail->tnext = c;
@@ -242,13 +235,13 @@ static void poll_update(struct conn *c)
 		return;
 	}
 	if (!c->polling || c->moved != c->poll_moved) {
-		c->poll_since = now_ms();
+		c->poll_since = ps_now_ms();
 		c->poll_moved = c->moved;
 	}
 	if (c->again) {
 		c->poll_at = 0;
 	} else {
-		uint64_t now = now_ms();
+		uint64_t now = ps_now_ms();
 		uint32_t max = now - c->poll_since < POLL_FAST_FOR_MS ? POLL_FAST_MS : POLL_MAX_MS;
 
 		c->poll_ms = c->poll_ms ? c->poll_ms * 2 : POLL_MIN_MS;
@@ -1324,7 +1317,7 @@ static void on_timeout(struct conn *c, enum timer_kind kind)
 
 static int run_timers(struct proxy *px)
 {
-	uint64_t now = now_ms(), next = now + 1000;
+	uint64_t now = ps_now_ms(), next = now + 1000;
 	struct conn *c, *nc;
 	int k;
 
@@ -1358,7 +1351,7 @@ static void housekeeping(struct proxy *px)
 {
 	static uint64_t inst_refs[PS_MAX_INSTANCES / 64], svc_refs[PS_MAX_SERVICES / 64];
 	struct router *r = px->rt;
-	uint64_t now = now_ms();
+	uint64_t now = ps_now_ms();
 	struct conn *c, *nc;
 	uint32_t expired = 0;
 
@@ -1511,7 +1504,7 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 	for (;;) {
 		if (*stop && !drain_end) {
 			stop_accepting(px);
-			drain_end = now_ms() + px->o.drain_ms;
+			drain_end = ps_now_ms() + px->o.drain_ms;
 			if (px->all)
 				pr_info("draining: %zu connection%s may take up to %u ms to finish",
 					conn_count(px), conn_count(px) == 1 ? "" : "s", px->o.drain_ms);
@@ -1519,7 +1512,7 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 		if (drain_end) {
 			if (!px->all || *stop >= 2)
 				break;
-			if (now_ms() >= drain_end) {
+			if (ps_now_ms() >= drain_end) {
 				pr_warn("drain timeout: closing %zu connection%s", conn_count(px),
 					conn_count(px) == 1 ? "" : "s");
 				break;

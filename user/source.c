@@ -24,6 +24,7 @@
 
 #include "log.h"
 #include "source.h"
+#include "util.h"
 
 #define FILE_DEBOUNCE_MS	20	/* after a close, rename or delete */
 #define FILE_SETTLE_MS		500	/* after a write still in progress */
@@ -31,14 +32,6 @@
 #define RETRY_MIN_MS		250
 #define RETRY_MAX_MS		5000
 #define STOP_CHECK_MS		100
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 struct source *source_open(const char *spec, const struct source_opts *opts,
 			   char *err, size_t errlen)
@@ -206,7 +199,7 @@ fail:
 	f->backoff_ms = f->backoff_ms ? f->backoff_ms * 2 : RETRY_MIN_MS;
 	if (f->backoff_ms > RETRY_MAX_MS)
 		f->backoff_ms = RETRY_MAX_MS;
-	f->read_at = mono_ms() + f->backoff_ms;
+	f->read_at = ps_now_ms() + f->backoff_ms;
 	return SRC_ERROR;
 }
 
@@ -218,7 +211,7 @@ fail:
 static void file_events(struct file_source *f)
 {
 	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-	uint64_t now = mono_ms(), at = 0;
+	uint64_t now = ps_now_ms(), at = 0;
 	ssize_t n;
 
 	while ((n = read(f->ifd, buf, sizeof(buf))) > 0) {
@@ -248,7 +241,7 @@ static enum source_result file_wait(struct source *s, uint32_t max_wait_ms, stru
 				    char *err, size_t errlen)
 {
 	struct file_source *f = (struct file_source *)s;
-	uint64_t now = mono_ms(), end = now + max_wait_ms;
+	uint64_t now = ps_now_ms(), end = now + max_wait_ms;
 
 	if (f->fresh && !f->read_at)
 		return file_read(f, out, err, errlen);
@@ -258,7 +251,7 @@ static enum source_result file_wait(struct source *s, uint32_t max_wait_ms, stru
 		int ms;
 
 		file_watch(f);
-		now = mono_ms();
+		now = ps_now_ms();
 		if (f->read_at && f->read_at <= now)
 			return file_read(f, out, err, errlen);
 		if (f->stat_at <= now) {
@@ -332,7 +325,7 @@ struct source *source_file_open(const char *path, const struct source_opts *opts
 		free(f);
 		return NULL;
 	}
-	f->stat_at = mono_ms() + FILE_STAT_POLL_MS;
+	f->stat_at = ps_now_ms() + FILE_STAT_POLL_MS;
 	file_watch(f);
 	return &f->s;
 }

@@ -51,6 +51,7 @@
 
 #include "log.h"
 #include "source_net.h"
+#include "util.h"
 
 #define ETCD_DEFAULT_PORT	2379
 #define ETCD_PREFIX_MAX		256		/* bytes of the key prefix */
@@ -511,7 +512,7 @@ static void skip_value(struct etcd_source *e, const char *why, bool had_good)
 static void mark_dirty(struct etcd_source *e)
 {
 	if (!e->dirty)
-		e->dirty_ms = net_now_ms();
+		e->dirty_ms = ps_now_ms();
 	e->dirty = true;
 }
 
@@ -788,7 +789,7 @@ static int start_request(struct etcd_source *e, char *err, size_t errlen)
 		return -1;
 	}
 	e->busy = true;
-	e->started_ms = net_now_ms();
+	e->started_ms = ps_now_ms();
 	return 0;
 }
 
@@ -804,7 +805,7 @@ static enum source_result request_failed(struct etcd_source *e, enum etcd_phase 
 {
 	e->answered = true;
 	e->phase = phase;
-	e->next_ms = net_now_ms() + net_backoff_next(&e->backoff);
+	e->next_ms = ps_now_ms() + net_backoff_next(&e->backoff);
 	return SRC_ERROR;
 }
 
@@ -915,7 +916,7 @@ static bool watch_done(struct etcd_source *e, CURLcode res, enum source_result *
 		       char *err, size_t errlen)
 {
 	char detail[CURL_ERROR_SIZE + 64];
-	uint64_t lived = net_now_ms() - e->started_ms;
+	uint64_t lived = ps_now_ms() - e->started_ms;
 	long code = 0;
 
 	switch (e->end) {
@@ -969,7 +970,7 @@ static enum source_result etcd_wait(struct source *s, uint32_t max_wait_ms, stru
 				    char *err, size_t errlen)
 {
 	struct etcd_source *e = (struct etcd_source *)s;
-	uint64_t now = net_now_ms(), deadline = now + max_wait_ms;
+	uint64_t now = ps_now_ms(), deadline = now + max_wait_ms;
 	enum source_result result;
 
 	/* the first answer is a registry or an error, never "nothing yet" */
@@ -984,7 +985,7 @@ static enum source_result etcd_wait(struct source *s, uint32_t max_wait_ms, stru
 
 		if (source_stopping(s))
 			return SRC_SAME;
-		now = net_now_ms();
+		now = ps_now_ms();
 		/* changes wait a moment for the rest of their burst, never for a retry */
 		if (e->dirty && !e->stale &&
 		    (!e->busy || now >= e->dirty_ms + ETCD_SETTLE_MS || now >= deadline))
@@ -1008,7 +1009,7 @@ static enum source_result etcd_wait(struct source *s, uint32_t max_wait_ms, stru
 			}
 		}
 		if (!ended && e->phase == ETCD_WATCH && !e->created &&
-		    net_now_ms() - e->started_ms > e->base.opts.timeout_ms) {
+		    ps_now_ms() - e->started_ms > e->base.opts.timeout_ms) {
 			ended = true;
 			e->end = WATCH_FAILED;
 			snprintf(e->why, sizeof(e->why), "%s: watch: no answer within %u ms",
@@ -1027,7 +1028,7 @@ static enum source_result etcd_wait(struct source *s, uint32_t max_wait_ms, stru
 			continue;
 		}
 
-		now = net_now_ms();
+		now = ps_now_ms();
 		if (e->dirty && !e->stale && (now >= e->dirty_ms + ETCD_SETTLE_MS || now >= deadline))
 			return deliver(e, out, err, errlen);
 		if (now >= deadline)

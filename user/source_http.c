@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "source_net.h"
+#include "util.h"
 
 #define HTTP_ETAG_MAX		256	/* longer ETags are not remembered */
 #define HTTP_REASON_MAX		96
@@ -100,14 +101,14 @@ static size_t http_header(char *line, size_t size, size_t nmemb, void *ctx)
 static enum source_result http_fail(struct http_source *h)
 {
 	h->failing = true;
-	h->next_ms = net_now_ms() + net_backoff_next(&h->backoff);
+	h->next_ms = ps_now_ms() + net_backoff_next(&h->backoff);
 	return SRC_ERROR;
 }
 
 static void http_succeed(struct http_source *h)
 {
 	net_backoff_reset(&h->backoff);
-	h->next_ms = net_now_ms() + h->base.opts.poll_ms;
+	h->next_ms = ps_now_ms() + h->base.opts.poll_ms;
 }
 
 /*
@@ -204,14 +205,14 @@ static enum source_result http_wait(struct source *s, uint32_t max_wait_ms, stru
 				    char *err, size_t errlen)
 {
 	struct http_source *h = (struct http_source *)s;
-	uint64_t now = net_now_ms(), deadline = now + max_wait_ms;
+	uint64_t now = ps_now_ms(), deadline = now + max_wait_ms;
 
 	if (source_stopping(s))
 		return SRC_SAME;
 	if (now < h->next_ms) {
 		if (!net_sleep_until(s, h->next_ms < deadline ? h->next_ms : deadline))
 			return SRC_SAME;
-		if (net_now_ms() < h->next_ms)
+		if (ps_now_ms() < h->next_ms)
 			return SRC_SAME;
 	}
 	return http_fetch(h, out, err, errlen);

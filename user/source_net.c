@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "source_net.h"
+#include "util.h"
 
 #ifndef PS_VERSION
 #define PS_VERSION "dev"
@@ -70,18 +71,10 @@ uint32_t net_backoff_next(struct net_backoff *b)
 	return delay;
 }
 
-uint64_t net_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 bool net_sleep_until(const struct source *s, uint64_t until_ms)
 {
 	for (;;) {
-		uint64_t now = net_now_ms(), step;
+		uint64_t now = ps_now_ms(), step;
 		struct timespec ts;
 
 		if (source_stopping(s))

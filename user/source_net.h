@@ -58,9 +58,6 @@ static inline void net_backoff_reset(struct net_backoff *b)
 	b->next_ms = 0;
 }
 
-/* CLOCK_MONOTONIC in milliseconds. */
-uint64_t net_now_ms(void);
-
 /*
  * Sleep until the monotonic time `until_ms`, in steps of at most SRC_STEP_MS.
  * Returns false when the source was stopped first.

@@ -29,6 +29,7 @@
 #include "health.h"
 #include "pathsplice.h"
 #include "stats.h"
+#include "util.h"
 
 /* ---- counters shared by instances, services and totals ------------------ */
 
@@ -309,7 +310,7 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 static json_t *inst_json(struct collect *c, uint32_t slot, struct counters *sum)
 {
 	const struct ps_instance *pi = &c->inst[slot];
-	char addr[INET_ADDRSTRLEN + 8], why[128];
+	char addr[PS_ADDR_STRLEN], why[128];
 	struct counters cn;
 	json_t *j;
 	bool ok = true;
@@ -319,9 +320,7 @@ static json_t *inst_json(struct collect *c, uint32_t slot, struct counters *sum)
 		errno = -err;
 		return NULL;
 	}
-	if (!inet_ntop(AF_INET, &pi->addr, addr, INET_ADDRSTRLEN))
-		snprintf(addr, sizeof(addr), "?");
-	snprintf(addr + strlen(addr), sizeof(addr) - strlen(addr), ":%u", ntohs(pi->port));
+	ps_addr_str(pi->addr, pi->port, addr, sizeof(addr));
 	j = json_object();
 	if (!j) {
 		errno = ENOMEM;
@@ -632,6 +631,16 @@ static const struct {
 
 static const char *const inst_states[] = { "up", "down", "draining" };
 
+/* `metric{service="..",path=".."}` of a service, without the value. */
+static void service_series(FILE *f, const char *metric, const json_t *s)
+{
+	fprintf(f, "%s{service=\"", metric);
+	stats_prom_escape(f, jget_str(s, "name"));
+	fputs("\",path=\"", f);
+	stats_prom_escape(f, jget_str(s, "path"));
+	fputs("\"}", f);
+}
+
 /* Append an instance and its labels to a growing array; -1 when out of memory. */
 static int prom_inst_add(struct prom_inst **pi, size_t *n, size_t *cap, const char *service,
 			 const char *path, const json_t *inst)
@@ -710,20 +719,14 @@ int stats_to_prometheus(const json_t *stats, char **out, size_t *len)
 	family(f, "pathsplice_service_up", "gauge",
 	       "1 if at least one instance of the service is up, else 0.");
 	json_array_foreach(services, si, s) {
-		fputs("pathsplice_service_up{service=\"", f);
-		stats_prom_escape(f, jget_str(s, "name"));
-		fputs("\",path=\"", f);
-		stats_prom_escape(f, jget_str(s, "path"));
-		fprintf(f, "\"} %d\n", !strcmp(jget_str(s, "state"), "up"));
+		service_series(f, "pathsplice_service_up", s);
+		fprintf(f, " %d\n", !strcmp(jget_str(s, "state"), "up"));
 	}
 	family(f, "pathsplice_service_instances_up", "gauge",
 	       "Instances of the service that are up.");
 	json_array_foreach(services, si, s) {
-		fputs("pathsplice_service_instances_up{service=\"", f);
-		stats_prom_escape(f, jget_str(s, "name"));
-		fputs("\",path=\"", f);
-		stats_prom_escape(f, jget_str(s, "path"));
-		fprintf(f, "\"} %llu\n", jget_u64(s, "instances_up"));
+		service_series(f, "pathsplice_service_instances_up", s);
+		fprintf(f, " %llu\n", jget_u64(s, "instances_up"));
 	}
 	family(f, "pathsplice_instance_up", "gauge",
 	       "1 if the instance is up (takes new requests), else 0.");

@@ -22,6 +22,7 @@
 #include "datapath.h"
 #include "log.h"
 #include "upgrade.h"
+#include "util.h"
 
 #define IO_TIMEOUT_MS	5000	/* the new daemon waits this long for an answer */
 #define SERVE_TIMEOUT_MS 300	/* the running one, on its event loop, this long for a request */
@@ -39,14 +40,6 @@ static int ctl_addr(const char *pin_dir, struct sockaddr_un *sun)
 	sun->sun_family = AF_UNIX;
 	strcpy(sun->sun_path, path);
 	return 0;
-}
-
-static void addr_str(const struct sockaddr_in *a, char *buf, size_t len)
-{
-	char ip[INET_ADDRSTRLEN];
-
-	inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-	snprintf(buf, len, "%s:%u", ip, ntohs(a->sin_port));
 }
 
 /* One line, waiting at most timeout_ms; the fd passed along, if any. */
@@ -120,7 +113,7 @@ int upgrade_request(const char *pin_dir, const struct sockaddr_in *listen, int *
 		close(fd);	/* nobody there (or a stale socket of a crashed run) */
 		return 0;
 	}
-	addr_str(listen, want, sizeof(want));
+	ps_addr_str(listen->sin_addr.s_addr, listen->sin_port, want, sizeof(want));
 	snprintf(req, sizeof(req), "takeover %s\n", want);
 	if (send_line(fd, req, -1) || recv_line(fd, resp, sizeof(resp), &passed, IO_TIMEOUT_MS) < 0) {
 		pr_err("upgrade: the running pathsplice (%s) did not answer", sun.sun_path);
@@ -182,7 +175,7 @@ int upgrade_serve(int cfd, const char *pin_dir, const struct sockaddr_in *listen
 	fd = accept4(cfd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd < 0)
 		return 0;
-	addr_str(listen, mine, sizeof(mine));
+	ps_addr_str(listen->sin_addr.s_addr, listen->sin_port, mine, sizeof(mine));
 	if (recv_line(fd, req, sizeof(req), NULL, SERVE_TIMEOUT_MS) < 0 || strncmp(req, "takeover ", 9)) {
 		send_line(fd, "error bad request\n", -1);
 	} else if (strcmp(req + 9, mine)) {
