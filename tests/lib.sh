@@ -202,34 +202,34 @@ now_ms() {
 	echo $(($(date +%s%N) / 1000000))
 }
 
-# routed_within T0 PATH REGEX SECONDS: poll until a request's body matches;
-# prints the milliseconds since T0 (now_ms) when it did
-routed_within() {
-	local t0=$1 path=$2 re=$3 secs=$4 end
-	end=$(($(now_ms) + secs * 1000))
+# poll_within T0 SECONDS CMD...: run CMD every 10 ms until it succeeds;
+# prints the milliseconds since T0 (now_ms) when it did, fails after SECONDS
+poll_within() {
+	local t0=$1 end=$(($(now_ms) + $2 * 1000))
+	shift 2
 	while [ "$(now_ms)" -lt "$end" ]; do
-		if body "$path" 2>/dev/null | grep -qE -- "$re"; then
+		if "$@"; then
 			echo $(($(now_ms) - t0))
 			return 0
 		fi
 		sleep 0.01
 	done
-	fail "$path never answered /$re/ within ${secs}s (last: $(body "$path" 2>&1 | head -c 200))"
+	return 1
 }
 
-# status_within T0 PATH CODE SECONDS: poll until PATH answers CODE; prints
-# the milliseconds since T0
+body_matches() { body "$1" 2>/dev/null | grep -qE -- "$2"; }
+status_is() { [ "$(status "$1")" = "$2" ]; }
+
+# routed_within T0 PATH REGEX SECONDS: until a request's body matches
+routed_within() {
+	poll_within "$1" "$4" body_matches "$2" "$3" ||
+		fail "$2 never answered /$3/ within ${4}s (last: $(body "$2" 2>&1 | head -c 200))"
+}
+
+# status_within T0 PATH CODE SECONDS: until PATH answers CODE
 status_within() {
-	local t0=$1 path=$2 code=$3 secs=$4 end
-	end=$(($(now_ms) + secs * 1000))
-	while [ "$(now_ms)" -lt "$end" ]; do
-		if [ "$(status "$path")" = "$code" ]; then
-			echo $(($(now_ms) - t0))
-			return 0
-		fi
-		sleep 0.01
-	done
-	fail "$path never answered $code within ${secs}s (last: $(status "$path"))"
+	poll_within "$1" "$4" status_is "$2" "$3" ||
+		fail "$2 never answered $3 within ${4}s (last: $(status "$2"))"
 }
 
 # log_within REGEX SECONDS: wait for a line of the pathsplice log

@@ -39,7 +39,7 @@
 
 #include "pattern.h"
 #include "ps_http.h"
-#include "ps_signals.h"
+#include "ps_server.h"
 #include "ps_ws.h"
 #include "selftest.h"
 
@@ -863,39 +863,6 @@ static void accept_loop(int lfd)
 	}
 }
 
-/* HOST:PORT or [V6]:PORT; returns a listening socket or exits. */
-static int listen_on(const char *addr)
-{
-	char host[256];
-	const char *colon = strrchr(addr, ':');
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	struct addrinfo *ai;
-	int one = 1, fd, err;
-
-	if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host) || !colon[1]) {
-		fprintf(stderr, "ps-backend: --listen wants HOST:PORT, got \"%s\"\n", addr);
-		exit(2);
-	}
-	memcpy(host, addr, (size_t)(colon - addr));
-	host[colon - addr] = '\0';
-	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-		memmove(host, host + 1, strlen(host));
-		host[strlen(host) - 1] = '\0';
-	}
-	if ((err = getaddrinfo(host, colon + 1, &hints, &ai))) {
-		fprintf(stderr, "ps-backend: --listen %s: %s\n", addr, gai_strerror(err));
-		exit(2);
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
-		fprintf(stderr, "ps-backend: cannot listen on %s: %s\n", addr, strerror(errno));
-		exit(1);
-	}
-	freeaddrinfo(ai);
-	return fd;
-}
-
 /* Written via a rename so a test polling for the file never reads it half-written. */
 static void write_pidfile(const char *path)
 {
@@ -1010,7 +977,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	int lfd = listen_on(listen_addr);
+	int lfd = ps_listen("ps-backend", listen_addr, 4096);
 
 	raise_fd_limit();
 	ps_setup_signals("ps-backend", signal_thread);

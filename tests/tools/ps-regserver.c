@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #include "ps_http.h"
-#include "ps_signals.h"
+#include "ps_server.h"
 
 #define INBUF_SIZE	(16 * 1024)
 #define FILE_MAX	(32u << 20)	/* larger than the daemon's limit, to test it */
@@ -393,35 +393,6 @@ static void start_connection(int fd)
 	}
 }
 
-/* HOST:PORT; returns a listening socket or exits. */
-static int listen_on(const char *addr)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	const char *colon = strrchr(addr, ':');
-	struct addrinfo *ai;
-	char host[256];
-	int one = 1, fd, err;
-
-	if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host) || !colon[1]) {
-		fprintf(stderr, "ps-regserver: --listen wants HOST:PORT, got \"%s\"\n", addr);
-		exit(2);
-	}
-	memcpy(host, addr, (size_t)(colon - addr));
-	host[colon - addr] = '\0';
-	if ((err = getaddrinfo(host, colon + 1, &hints, &ai))) {
-		fprintf(stderr, "ps-regserver: --listen %s: %s\n", addr, gai_strerror(err));
-		exit(2);
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		fprintf(stderr, "ps-regserver: cannot listen on %s: %s\n", addr, strerror(errno));
-		exit(1);
-	}
-	freeaddrinfo(ai);
-	return fd;
-}
-
 /* SIGTERM/SIGINT: print the counters and exit 0 at once, slow answers or not. */
 static void *signal_thread(void *arg)
 {
@@ -484,7 +455,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	lfd = listen_on(listen_addr);
+	lfd = ps_listen("ps-regserver", listen_addr, 128);
 	ps_setup_signals("ps-regserver", signal_thread);
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
