@@ -17,6 +17,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 struct ps_frame;
 struct ps_path;
@@ -87,6 +88,40 @@ struct {
 } inst_stats SEC(".maps");
 
 
+/* Direct responses (see pathsplice.h): the backends' own sockets of the
+ * connections the proxy made to same-host instances, keyed by the cookie of
+ * the proxy's socket, with the sk_msg program attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u64);		/* cookie of the proxy's socket */
+	__type(value, __u64);		/* socket cookie */
+} backends SEC(".maps");
+
+/* On a backend's socket: the cookie of the proxy socket at its other end. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} backend_owner SEC(".maps");
+
+/* Connections the proxy opened, between its connect completing and the
+ * backend accepting: what the backend's end will see. */
+struct ps_tuple {
+	__u32 backend_ip;		/* network order */
+	__u32 proxy_ip;
+	__u16 backend_port;		/* host order */
+	__u16 proxy_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ps_tuple);
+	__type(value, __u64);		/* cookie of the proxy's socket */
+} connecting SEC(".maps");
+
 #define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
@@ -138,7 +173,8 @@ struct {
 
 /* What the loop callback needs that the verifier must see as pointers. */
 struct walk_ctx {
-	struct __sk_buff *skb;
+	struct __sk_buff *skb;		/* the segment, for the verdict */
+	struct sk_msg_md *msg;		/* or the message, for the sk_msg program */
 	struct ps_conn *c;
 	struct ps_conn *p;
 	struct walk *w;
@@ -213,11 +249,17 @@ static __always_inline int instance_up(__u32 slot)
 	return pi && pi->state == PS_INST_UP;
 }
 
-static __always_inline void count(struct ps_conn *c, int response)
+/* Messages are counted as they are framed; a message the sk_msg program
+ * frames is counted when it commits (it may still leave the bytes to the
+ * verdict, which would count them again). */
+static __always_inline void count(struct walk_ctx *x, int response)
 {
-	__u32 inst = c->inst;
-	struct ps_inst_stats *st = bpf_map_lookup_elem(&inst_stats, &inst);
+	__u32 inst = x->c->inst;
+	struct ps_inst_stats *st;
 
+	if (x->msg)
+		return;
+	st = bpf_map_lookup_elem(&inst_stats, &inst);
 	if (!st)
 		return;
 	if (response)
@@ -260,13 +302,13 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 		else
 			w->head_bits &= ~(1ULL << (w->msgs & 63));
 		w->msgs++;
-		count(c, 0);
+		count(x, 0);
 		break;
 	case PS_EV_MSG_END:
 		w->msg_off = NO_MSG;
 		if (c->side == PS_SIDE_BACKEND) {
 			w->msgs++;
-			count(c, 1);
+			count(x, 1);
 		}
 		break;
 	case PS_EV_ERROR:
@@ -275,8 +317,23 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 	}
 }
 
-/* bpf_loop callback: one body span or one chunk of head bytes per step. */
-static long walk_step(__u32 i, struct walk_ctx *x)
+/* Copy up to CHUNK bytes at `off` of the message into buf. */
+static __always_inline int msg_load(struct sk_msg_md *msg, __u32 off, __u8 *buf, __u32 n)
+{
+	void *data, *end;
+
+	n &= 2 * CHUNK - 1;
+	if (n == 0 || n > CHUNK || bpf_msg_pull_data(msg, off, off + n, 0))
+		return -1;
+	data = (void *)(long)msg->data;
+	end = (void *)(long)msg->data_end;
+	if (data + n > end)
+		return -1;
+	return bpf_probe_read_kernel(buf, n, data);
+}
+
+/* One body span or one chunk of head bytes per step of bpf_loop. */
+static __always_inline long walk_step(struct walk_ctx *x, const int is_msg)
 {
 	struct walk *w = x->w;
 	__u32 left, k, n;
@@ -315,7 +372,8 @@ static long walk_step(__u32 i, struct walk_ctx *x)
 	k = w->off - w->buf_off;
 	if (w->off < w->buf_off || k >= w->ch.n) {
 		n = left < CHUNK ? left : CHUNK;
-		if (bpf_skb_load_bytes(x->skb, w->off, w->ch.buf, n & (2 * CHUNK - 1))) {
+		if (is_msg ? msg_load(x->msg, w->off, w->ch.buf, n) :
+			     bpf_skb_load_bytes(x->skb, w->off, w->ch.buf, n & (2 * CHUNK - 1))) {
 			stop(w, PS_HB_FRAMING, 0);
 			return 1;
 		}
@@ -328,6 +386,16 @@ static long walk_step(__u32 i, struct walk_ctx *x)
 	w->off = w->buf_off + w->ch.pos;
 	on_event(x, ev);
 	return 0;
+}
+
+static long walk_step_skb(__u32 i, struct walk_ctx *x)
+{
+	return walk_step(x, 0);
+}
+
+static long walk_step_msg(__u32 i, struct walk_ctx *x)
+{
+	return walk_step(x, 1);
 }
 
 static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, struct walk *w,
@@ -386,15 +454,17 @@ out:
 	return reason;
 }
 
-/* Frame the segment; returns 0 to forward it, or a hand-back reason. */
-static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct ps_conn *c,
+/* Frame a segment (skb) or a message (msg) of len bytes; returns 0 to
+ * forward it, or a hand-back reason. */
+static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct sk_msg_md *msg,
+					  const int is_msg, __u32 len, struct ps_conn *c,
 					  struct ps_conn *p, struct walk *w)
 {
-	struct walk_ctx x = { .skb = skb, .c = c, .p = p, .w = w };
+	struct walk_ctx x = { .skb = skb, .msg = msg, .c = c, .p = p, .w = w };
 	long ret;
 
 	w->off = 0;
-	w->len = skb->len;
+	w->len = len;
 	w->msg_off = NO_MSG;
 	w->msgs = c->msgs;
 	w->head_bits = c->head_bits;
@@ -405,7 +475,10 @@ static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct ps_conn 
 	w->hb_at_msg = 0;
 	__builtin_memcpy(&w->fr, &c->fr, sizeof(w->fr));
 
-	ret = bpf_loop(parse_budget, walk_step, &x, 0);
+	if (is_msg)
+		ret = bpf_loop(parse_budget, walk_step_msg, &x, 0);
+	else
+		ret = bpf_loop(parse_budget, walk_step_skb, &x, 0);
 	if (!w->handback) {
 		if (ret < 0 || w->off < w->len)
 			stop(w, PS_HB_LIMIT, 1);
@@ -442,6 +515,34 @@ static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, str
 			st->resp_bytes += skb->len;
 	}
 	return SK_PASS;
+}
+
+/* The verdict on a client socket: note how it stands for the sk_msg
+ * program's client_ready(). */
+static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_conn *c,
+					    struct ps_conn *p)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct tcp_sock *tp;
+	__u64 written, direct;
+
+	if (!sk || !READ_ONCE(p->direct_ok))
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	/* written before the socket and direct after it: a push racing with
+	 * this look is then counted against room twice and towards accepted
+	 * not at all, never the other way round */
+	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
+	written = c->out_base + READ_ONCE(p->fwd);
+	c->snap_accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	c->snap_room = (__s64)tp->inet_conn.icsk_inet.sk.sk_sndbuf -
+		       tp->inet_conn.icsk_inet.sk.sk_wmem_queued;
+	direct = READ_ONCE(p->direct);
+	c->snap_written = written;
+	c->snap_direct = direct;
+	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
 }
 
 /* USER mode: pass the segment on, unless userspace armed the kernel and has
@@ -489,16 +590,165 @@ int ps_verdict(struct __sk_buff *skb)
 		verdict = SK_PASS;
 		goto out;
 	}
+	if (c->side == PS_SIDE_CLIENT)
+		client_snapshot(skb, c, p);
 	reason = depth < 2 ? peer_check(c, p, skb->len) : PS_HB_LIMIT;
 	if (reason) {
 		verdict = handback(skb, c, NULL, reason);
 		goto out;
 	}
-	reason = walk_segment(skb, c, p, &s->w[depth & 1]);
+	reason = walk_segment(skb, NULL, 0, skb->len, c, p, &s->w[depth & 1]);
 	if (reason)
 		verdict = handback(skb, c, &s->w[depth & 1], reason);
 	else
 		verdict = forward(skb, c, &s->w[depth & 1]);
+out:
+	__sync_fetch_and_sub(&s->depth, 1);
+	__sync_fetch_and_sub(&c->busy, 1);
+	return verdict;
+}
+
+/* ---- direct responses ------------------------------------------------ */
+
+/*
+ * Attached to the cgroup hierarchy's root, because the backends' sockets
+ * belong to the backends: it looks only at connection establishment, and
+ * only a connection the proxy made (its socket is in conn_index) is matched
+ * at its other end.
+ */
+SEC("sockops")
+int ps_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk;
+	struct ps_tuple t;
+	__u64 cookie, *owner, *found;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		if (!bpf_map_lookup_elem(&conn_index, &cookie))
+			return 1;
+		t.backend_ip = skops->remote_ip4;
+		t.proxy_ip = skops->local_ip4;
+		t.backend_port = bpf_ntohl(skops->remote_port);
+		t.proxy_port = skops->local_port;
+		bpf_map_update_elem(&connecting, &t, &cookie, BPF_ANY);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		t.backend_ip = skops->local_ip4;
+		t.proxy_ip = skops->remote_ip4;
+		t.backend_port = skops->local_port;
+		t.proxy_port = bpf_ntohl(skops->remote_port);
+		found = bpf_map_lookup_elem(&connecting, &t);
+		sk = skops->sk;
+		if (!found || !sk)
+			return 1;
+		cookie = *found;
+		bpf_map_delete_elem(&connecting, &t);
+		owner = bpf_sk_storage_get(&backend_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!owner)
+			return 1;
+		*owner = cookie;
+		bpf_sock_hash_update(skops, &backends, &cookie, BPF_NOEXIST);
+		return 1;
+	}
+	return 1;
+}
+
+/* May `len` bytes go straight into the client socket now? Only if nothing
+ * forwarded earlier is still on its way there and it has ample room, so the
+ * push can neither overtake bytes nor come up short. The sk_msg program
+ * cannot look at the client socket (a sockhash lookup takes a reference it
+ * has no helper to drop), so it works from the verdict's last look: bytes
+ * accepted only grow, and by every direct push at once; room shrinks at
+ * most by what was written since (counted twice, for the buffers' overhead). */
+static __always_inline int client_ready(struct ps_conn *c, struct ps_conn *p, __u32 len)
+{
+	__u32 seq = READ_ONCE(p->snap_seq);
+	__u64 written = p->out_base + c->fwd, snap_written, snap_direct, accepted;
+	__s64 room;
+
+	if (seq & 1)
+		return 0;
+	snap_written = READ_ONCE(p->snap_written);
+	snap_direct = READ_ONCE(p->snap_direct);
+	accepted = READ_ONCE(p->snap_accepted);
+	room = READ_ONCE(p->snap_room);
+	if (READ_ONCE(p->snap_seq) != seq || accepted + (c->direct - snap_direct) < written)
+		return 0;
+	room -= 2 * (__s64)(written - snap_written);
+	return room >= 2 * (__s64)len + 16384;
+}
+
+/* In the backend's sendmsg: a response straight to the client, or through
+ * the TCP connection to the proxy's socket as usual. */
+SEC("sk_msg")
+int ps_response(struct sk_msg_md *msg)
+{
+	struct ps_inst_stats *st;
+	struct ps_frame fr;
+	struct ps_conn *c, *p;
+	struct scratch *s;
+	struct walk *w;
+	__u32 *slot, peer, inst, depth, len = msg->size, zero = 0;
+	__u64 *owner, head_bits;
+	__u32 msgs;
+	int verdict = SK_PASS;
+
+	if (!msg->sk)
+		return SK_PASS;
+	owner = bpf_sk_storage_get(&backend_owner, msg->sk, 0, 0);
+	if (!owner)
+		return SK_PASS;
+	slot = bpf_map_lookup_elem(&conn_index, owner);
+	if (!slot)
+		return SK_PASS;
+	c = bpf_map_lookup_elem(&conns, slot);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c || !s)
+		return SK_PASS;
+	peer = c->peer;
+	p = bpf_map_lookup_elem(&conns, &peer);
+	if (!p)
+		return SK_PASS;
+
+	__sync_fetch_and_add(&c->busy, 1);
+	depth = __sync_fetch_and_add(&s->depth, 1);
+	if (depth >= 2 || !READ_ONCE(c->direct_ok) || c->side != PS_SIDE_BACKEND ||
+	    READ_ONCE(c->mode) != PS_MODE_KERNEL ||
+	    c->leg_sent != c->passed + c->fwd - c->direct || !client_ready(c, p, len))
+		goto leg;
+	w = &s->w[depth & 1];
+	if (walk_segment(NULL, msg, 1, len, c, p, w))
+		goto leg;	/* the verdict frames it again and hands it back */
+
+	__builtin_memcpy(&fr, &c->fr, sizeof(fr));
+	msgs = c->msgs;
+	head_bits = c->head_bits;
+	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
+	c->msgs = w->msgs;
+	c->head_bits = w->head_bits;
+	c->fwd += len;
+	c->direct += len;
+	if (bpf_msg_redirect_hash(msg, &sockets, &peer, 0) != SK_PASS) {
+		/* the client left between the check and the redirect */
+		__builtin_memcpy(&c->fr, &fr, sizeof(fr));
+		c->msgs = msgs;
+		c->head_bits = head_bits;
+		c->fwd -= len;
+		c->direct -= len;
+		goto leg;
+	}
+	inst = c->inst;
+	st = bpf_map_lookup_elem(&inst_stats, &inst);
+	if (st) {
+		st->responses += w->msgs - msgs;
+		st->resp_bytes += len;
+		st->direct_bytes += len;
+	}
+	goto out;
+leg:
+	c->leg_sent += len;
 out:
 	__sync_fetch_and_sub(&s->depth, 1);
 	__sync_fetch_and_sub(&c->busy, 1);

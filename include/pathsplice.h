@@ -125,6 +125,20 @@ enum ps_handback {
  *   never overtake bytes userspace still holds.
  * - Userspace takes a socket back at any time by storing mode = USER and
  *   waiting until `busy` is zero (the verdict increments it around its run).
+ *
+ * Direct responses (same-host backends): the backend's own socket is found
+ * by sockops when the proxy connects, and an sk_msg program runs in the
+ * backend's sendmsg. It may move a response straight into the client socket
+ * (skipping the backend -> proxy TCP connection, its verdict run and the
+ * kernel worker's hop) only when that cannot reorder or overfill anything:
+ * the backend side is in KERNEL mode with direct_ok set, every byte the
+ * backend sent through the TCP connection has been through the verdict
+ * (leg_sent == passed + fwd - direct), every byte forwarded to the client
+ * has entered the client socket, and the client socket has room for the
+ * message (the last look the verdict took at the client socket, less what
+ * was written into it since). Otherwise it sends the bytes the ordinary way, through the TCP
+ * connection and the verdict, which keeps flow control and hand-backs. The
+ * sk_msg program takes part in the busy/mode handshake like the verdict.
  */
 struct ps_conn {
 	/* set by userspace before the socket enters the sockhash */
@@ -132,7 +146,8 @@ struct ps_conn {
 	__u32 service;			/* client side: service the connection is routed to */
 	__u32 inst;			/* instance slot of the backend */
 	__u8 side;			/* enum ps_side */
-	__u8 pad0[3];
+	__u8 direct_ok;			/* backend side: responses may skip this socket (below) */
+	__u8 pad0[2];
 
 	/* handshake */
 	__u32 mode;			/* enum ps_mode */
@@ -148,6 +163,18 @@ struct ps_conn {
 	__u64 out_base;			/* bytes put into this socket other than the peer's fwd */
 	__u64 fc_next;			/* fwd up to which the peer cannot reach the flow limit;
 					 * userspace zeroes it when it arms (forces a check) */
+	__u64 leg_sent;			/* backend side: bytes the backend sent through its
+					 * TCP connection to this socket (the sk_msg counts) */
+	__u64 direct;			/* backend side: bytes of fwd the backend's sendmsg put
+					 * straight into the peer, never crossing this socket */
+	/* client side: this socket as the verdict last saw it, for the sk_msg
+	 * program, which cannot look at it itself (seqcount-protected) */
+	__u32 snap_seq;
+	__u32 pad2;
+	__u64 snap_written;		/* out_base + the peer's fwd, read first */
+	__u64 snap_direct;		/* the peer's direct */
+	__u64 snap_accepted;		/* every byte the socket had taken */
+	__s64 snap_room;		/* sk_sndbuf - sk_wmem_queued */
 
 	/* HTTP framing of the bytes arriving on this socket */
 	__u32 msgs;			/* client: request heads sent on; backend: responses completed */
@@ -164,6 +191,7 @@ struct ps_inst_stats {
 	__u64 requests;			/* request heads the kernel routed */
 	__u64 responses;		/* responses the kernel framed */
 	__u64 handbacks;		/* segments handed back to userspace */
+	__u64 direct_bytes;		/* of resp_bytes, sent by the backend straight to the client */
 };
 
 /* The hash of a service path: 64-bit FNV-1a, computed incrementally by the

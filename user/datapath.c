@@ -160,6 +160,64 @@ static int pin_all(struct datapath *dp)
 	return pin(dp, bpf_program__fd(dp->skel->progs.ps_verdict), "ps_verdict");
 }
 
+/* The cgroup v2 hierarchy's mount point, from /proc/mounts. */
+static int cgroup2_root(char *buf, size_t len)
+{
+	char dev[64], dir[PATH_MAX], type[32];
+	FILE *f = fopen("/proc/mounts", "re");
+	int found = -1;
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %4095s %31s %*[^\n]", dev, dir, type) == 3) {
+		if (strcmp(type, "cgroup2") == 0) {
+			snprintf(buf, len, "%s", dir);
+			found = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * Direct responses need the backends' own sockets, which belong to the
+ * backends' cgroups: sockops goes on the hierarchy's root. It is a bpf_link
+ * held by this process only (never pinned), so the kernel detaches it when
+ * the daemon exits, however it exits. Without it the data path still works,
+ * every response crossing the proxy's socket.
+ */
+static void attach_direct(struct datapath *dp)
+{
+	struct splice_bpf *skel = dp->skel;
+	char root[PATH_MAX];
+	int cg;
+
+	if (cgroup2_root(root, sizeof(root))) {
+		pr_warn("no cgroup v2 hierarchy mounted: direct responses are off");
+		return;
+	}
+	if (bpf_prog_attach(bpf_program__fd(skel->progs.ps_response),
+			    bpf_map__fd(skel->maps.backends), BPF_SK_MSG_VERDICT, 0)) {
+		pr_warn("cannot attach the response program: %s; direct responses are off",
+			strerror(errno));
+		return;
+	}
+	cg = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cg >= 0)
+		dp->sockops_link = bpf_program__attach_cgroup(skel->progs.ps_sockops, cg);
+	if (cg < 0 || !dp->sockops_link) {
+		pr_warn("cannot attach sockops to %s: %s; direct responses are off", root,
+			strerror(errno));
+		dp->sockops_link = NULL;
+	} else {
+		dp->direct = true;
+		pr_debug("direct responses: sockops on %s", root);
+	}
+	if (cg >= 0)
+		close(cg);
+}
+
 static void explain_load_error(int err)
 {
 	if (err == -EPERM || err == -EACCES)
@@ -215,6 +273,8 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 		pr_err("cannot attach the stream verdict to the sockhash: %s", strerror(errno));
 		return -1;
 	}
+	if (opts->direct)
+		attach_direct(dp);
 	dp->conns = map_mmap(skel->maps.conns, &dp->conns_len);
 	dp->instances = map_mmap(skel->maps.instances, &dp->instances_len);
 	dp->rr = map_mmap(skel->maps.rr, &dp->rr_len);
@@ -283,6 +343,11 @@ void datapath_close(struct datapath *dp)
 	dp->instances = NULL;
 	dp->rr = NULL;
 	if (dp->skel) {
+		bpf_link__destroy(dp->sockops_link);
+		dp->sockops_link = NULL;
+		dp->direct = false;
+		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_response),
+				 bpf_map__fd(dp->skel->maps.backends), BPF_SK_MSG_VERDICT);
 		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_verdict), dp->sockets_fd,
 				 BPF_SK_SKB_STREAM_VERDICT);
 		splice_bpf__destroy(dp->skel);
@@ -316,20 +381,32 @@ void datapath_slot_free(struct datapath *dp, int slot)
 	dp->free_slots[dp->n_free++] = slot;
 }
 
-int datapath_insert(struct datapath *dp, int slot, int fd, uint64_t *cookie)
+int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie)
 {
 	socklen_t len = sizeof(*cookie);
 	__u32 key = slot;
-	__u64 sockfd = fd;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, &len))
 		return -errno;
-	if (bpf_map_update_elem(dp->conn_index_fd, cookie, &key, BPF_ANY))
+	if (bpf_map_update_elem(dp->conn_index_fd, cookie, &key, BPF_ANY)) {
+		*cookie = 0;
 		return -errno;
-	if (bpf_map_update_elem(dp->sockets_fd, &key, &sockfd, BPF_ANY)) {
-		int err = -errno;
+	}
+	return 0;
+}
 
+int datapath_insert(struct datapath *dp, int slot, int fd, uint64_t *cookie)
+{
+	__u32 key = slot;
+	__u64 sockfd = fd;
+	int err;
+
+	if (!*cookie && (err = datapath_index(dp, slot, fd, cookie)))
+		return err;
+	if (bpf_map_update_elem(dp->sockets_fd, &key, &sockfd, BPF_ANY)) {
+		err = -errno;
 		bpf_map_delete_elem(dp->conn_index_fd, cookie);
+		*cookie = 0;
 		return err;
 	}
 	return 0;

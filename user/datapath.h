@@ -18,6 +18,7 @@ struct datapath_opts {
 	const char *pin_dir;		/* e.g. /sys/fs/bpf/pathsplice */
 	uint32_t max_conns;		/* spliced sockets */
 	uint64_t fc_limit;		/* bytes queued for a peer before hand-back */
+	bool direct;			/* direct responses from same-host backends */
 	/* called once the object is loaded, before the pin dir is locked and
 	 * pinned (an upgrade takes over from the running daemon there) */
 	int (*before_pin)(void *arg);
@@ -32,6 +33,8 @@ struct datapath {
 	int inst_stats_fd;
 	int instances_fd;
 	int prog_fd;			/* the stream verdict */
+	struct bpf_link *sockops_link;	/* direct responses: on the cgroup root */
+	bool direct;			/* ... and attached */
 	struct ps_conn *conns;		/* mmapped `conns` */
 	struct ps_instance *instances;	/* mmapped `instances` */
 	__u64 *rr;			/* mmapped `rr` */
@@ -69,9 +72,15 @@ static inline struct ps_conn *datapath_conn(struct datapath *dp, int slot)
 	return &dp->conns[slot];
 }
 
-/* Put a socket in the sockhash under `slot`. Fails with -EOPNOTSUPP for a
- * socket that is no longer ESTABLISHED (e.g. the client half-closed). */
+/* Index a socket's cookie under `slot` (before it connects, so that sockops
+ * can find the backend's end of a direct-response connection). */
+int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie);
+
+/* Put a socket in the sockhash under `slot` (indexing it first unless
+ * *cookie is already set). Fails with -EOPNOTSUPP for a socket that is no
+ * longer ESTABLISHED (e.g. the client half-closed). */
 int datapath_insert(struct datapath *dp, int slot, int fd, uint64_t *cookie);
+/* Take a socket out of the sockhash and conn_index (either may be absent). */
 void datapath_remove(struct datapath *dp, int slot, uint64_t cookie);
 
 /* Make the verdict look at bytes queued before the socket entered the map. */

@@ -170,6 +170,9 @@ static void usage_run(FILE *f)
 		"                          userspace (default %d)\n"
 		"  --flow-limit BYTES      bytes the kernel may queue for a slow reader before\n"
 		"                          the connection is paused (default 1048576)\n"
+		"  --direct on|off         direct responses from same-host instances: the\n"
+		"                          instance's sendmsg writes into the client socket\n"
+		"                          (needs sockops on the cgroup v2 root; default on)\n"
 		"\n"
 		"  -v, --verbose           more logging (twice: debug, with libbpf's log)\n"
 		"  -q, --quiet             warnings and errors only\n"
@@ -345,7 +348,8 @@ static int cmd_run(int argc, char **argv)
 {
 	enum { O_LISTEN = 256, O_REGISTRY, O_HOST, O_PIN_DIR, O_MAX_HEAD, O_HEAD_TIMEOUT,
 	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT, O_POLL_INTERVAL,
-	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE, O_ADMIN };
+	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE, O_ADMIN,
+	       O_DIRECT };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "registry", required_argument, NULL, O_REGISTRY },
@@ -364,6 +368,7 @@ static int cmd_run(int argc, char **argv)
 		{ "fall", required_argument, NULL, O_FALL },
 		{ "rise", required_argument, NULL, O_RISE },
 		{ "admin", required_argument, NULL, O_ADMIN },
+		{ "direct", required_argument, NULL, O_DIRECT },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -382,6 +387,7 @@ static int cmd_run(int argc, char **argv)
 		.pin_dir = DEFAULT_PIN_DIR,
 		.max_conns = PS_DEFAULT_MAX_CONNS,
 		.fc_limit = 1 << 20,
+		.direct = true,
 	};
 	const char *registry = DEFAULT_REGISTRY, *listen_s = DEFAULT_LISTEN;
 	const char *admin_s = ADMIN_DEFAULT_ADDR;
@@ -469,6 +475,13 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case O_ADMIN:
 			admin_s = optarg;
+			break;
+		case O_DIRECT:
+			if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+				fprintf(stderr, "pathsplice: --direct: expected on or off\n");
+				return 2;
+			}
+			dopts.direct = strcmp(optarg, "on") == 0;
 			break;
 		case O_FALL:
 		case O_RISE:

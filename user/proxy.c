@@ -297,7 +297,7 @@ static void ep_release(struct proxy *px, struct endpoint *ep)
 		__atomic_fetch_sub(&conn_inst(ep->conn)->conns_active, 1, __ATOMIC_RELAXED);
 		ep->conn->inst_counted = false;
 	}
-	if (ep->in_map)
+	if (ep->in_map || ep->cookie)
 		datapath_remove(px->dp, ep->slot, ep->cookie);
 	close(ep->fd);
 	if (ep->slot >= 0)
@@ -305,6 +305,7 @@ static void ep_release(struct proxy *px, struct endpoint *ep)
 	ep->fd = -1;
 	ep->slot = -1;
 	ep->in_map = false;
+	ep->cookie = 0;
 	ep->events = 0;
 	ep->pc = &ep->local;
 	memset(&ep->local, 0, sizeof(ep->local));
@@ -453,6 +454,20 @@ static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t 
 static void fail(struct conn *c, uint16_t status, const char *why);
 static void splice_setup(struct conn *c);
 
+/* A connection that may be spliced gets its backend slot before it
+ * connects: sockops recognises the backend's end of it by the cookie. */
+static void backend_index(struct conn *c)
+{
+	struct datapath *dp = c->px->dp;
+
+	c->be.slot = datapath_slot_alloc(dp);
+	if (c->be.slot < 0)
+		return;
+	c->be.pc = datapath_conn(dp, c->be.slot);
+	if (datapath_index(dp, c->be.slot, c->be.fd, &c->be.cookie))
+		pr_debug("cannot index the backend socket: %s", strerror(errno));
+}
+
 static void connect_next(struct conn *c)
 {
 	struct proxy *px = c->px;
@@ -480,6 +495,8 @@ static void connect_next(struct conn *c)
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 		ep_init(&c->be, c, fd);
 		c->inst = b.inst;
+		if (px->dp->direct && !c->one_shot)
+			backend_index(c);
 		if (connect(fd, (struct sockaddr *)&b.addr, sizeof(b.addr)) == 0 || errno == EINPROGRESS) {
 			c->state = CS_CONNECTING;
 			if (ep_watch(&c->be, EPOLLOUT | EPOLLIN | EPOLLRDHUP)) {
@@ -553,7 +570,7 @@ static void splice_setup(struct conn *c)
 		if (c->cli.slot >= 0)
 			c->cli.pc = datapath_conn(px->dp, c->cli.slot);
 	}
-	if (c->cli.slot >= 0) {
+	if (c->cli.slot >= 0 && c->be.slot < 0) {
 		c->be.slot = datapath_slot_alloc(px->dp);
 		if (c->be.slot >= 0)
 			c->be.pc = datapath_conn(px->dp, c->be.slot);
@@ -596,9 +613,10 @@ static void splice_setup(struct conn *c)
 			pr_debug("backend not spliceable (%s): relaying", strerror(-err));
 		}
 	}
-	if (!c->cli.in_map && c->be.in_map) {
+	if (!c->cli.in_map && (c->be.in_map || c->be.cookie)) {
 		datapath_remove(px->dp, c->be.slot, c->be.cookie);
 		c->be.in_map = false;
+		c->be.cookie = 0;
 	}
 	if (first) {
 		if (c->cli.in_map)
@@ -616,6 +634,9 @@ static void splice_setup(struct conn *c)
 	c->resp.src = &c->be;
 	c->resp.dst = &c->cli;
 	ep_watch(&c->be, EPOLLIN | EPOLLRDHUP);
+	/* both sockets are in the map: the backend may answer straight into
+	 * the client socket when the sk_msg program finds it safe */
+	bp->direct_ok = c->be.in_map && px->dp->direct;
 	if (c->be.in_map)
 		splice_kick(c->be.fd);
 	if (first && c->cli.in_map)
@@ -1016,9 +1037,11 @@ static void dir_try_finish(struct dir *d)
 		return;
 	if (dir_kernel_owned(d)) {
 		/* everything that arrived went through the verdict, and every
-		 * byte it redirected has entered dst (the FIN counts one) */
+		 * byte it redirected has entered dst (the FIN counts one); bytes
+		 * the backend sent straight to the client never arrived here */
 		if (sock_received(d->src->fd, &rcvd) ||
-		    rcvd != pc->passed + pc->fwd + d->fwd_retired + 1 || !ep_drained(c, d->dst)) {
+		    rcvd + pc->direct != pc->passed + pc->fwd + d->fwd_retired + 1 ||
+		    !ep_drained(c, d->dst)) {
 			poll_later(c);
 			return;
 		}

@@ -39,6 +39,7 @@ enum {
 	C_REQUESTS,
 	C_TO_BACKEND,
 	C_TO_CLIENT,
+	C_TO_CLIENT_DIRECT,
 	C_RETRIES,
 	C_TRANSITIONS,
 	C_PASSIVE_DOWNS,
@@ -53,6 +54,7 @@ static const char *const counter_key[C_MAX] = {
 	[C_REQUESTS] = "requests",
 	[C_TO_BACKEND] = "bytes_to_backend",
 	[C_TO_CLIENT] = "bytes_to_client",
+	[C_TO_CLIENT_DIRECT] = "bytes_to_client_direct",
 	[C_RETRIES] = "retries",
 	[C_TRANSITIONS] = "health_transitions",
 	[C_PASSIVE_DOWNS] = "passive_downs",
@@ -289,6 +291,7 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 
 		k.req_bytes += s->req_bytes;
 		k.resp_bytes += s->resp_bytes;
+		k.direct_bytes += s->direct_bytes;
 		k.requests += s->requests;
 		k.handbacks += s->handbacks;
 	}
@@ -298,6 +301,7 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 	out->v[C_REQUESTS] = k.requests + pi->user_requests;
 	out->v[C_TO_BACKEND] = k.req_bytes + pi->user_req_bytes;
 	out->v[C_TO_CLIENT] = k.resp_bytes + pi->user_resp_bytes;
+	out->v[C_TO_CLIENT_DIRECT] = k.direct_bytes;
 	out->v[C_RETRIES] = pi->connect_failures;
 	out->v[C_TRANSITIONS] = pi->transitions;
 	out->v[C_PASSIVE_DOWNS] = pi->passive_downs;
@@ -617,6 +621,8 @@ static const struct {
 	  "Bytes sent from clients to the instance." },
 	{ "pathsplice_instance_response_bytes_total", "counter", "bytes_to_client",
 	  "Bytes sent from the instance to clients." },
+	{ "pathsplice_instance_response_bytes_direct_total", "counter", "bytes_to_client_direct",
+	  "Of the bytes sent to clients, those the instance wrote straight into the client socket." },
 	{ "pathsplice_instance_retries_total", "counter", "retries",
 	  "Connects to the instance that failed; the request moved to the next instance." },
 	{ "pathsplice_instance_health_transitions_total", "counter", "health_transitions",

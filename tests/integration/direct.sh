@@ -1,0 +1,126 @@
+# Direct responses: a same-host instance's sendmsg writes into the client
+# socket, and falls back to the proxy's socket whenever that is not safe.
+
+direct_setup() {
+	local p1
+	alloc_port p1
+	start_backend b1 "$p1" || return 1
+	BACKEND_PORT=$p1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		b1 svc /svc $p1
+	EOT
+	start_pathsplice "$T_DIR/registry.json" "$@"
+}
+
+# totals FIELD: a total of the daemon's stats, from its pinned maps
+totals() {
+	"$PATHSPLICE" status --pin-dir "$PS_PIN" --json | jq -r ".totals.$1"
+}
+
+# the cgroup v2 root, where the daemon attaches its sockops program
+cgroup2_root() {
+	awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts
+}
+
+# sockops_ids: ids of the ps_sockops programs attached at the cgroup v2 root
+sockops_ids() {
+	bpftool cgroup show "$(cgroup2_root)" 2>/dev/null | awk '$NF == "ps_sockops" { print $1 }'
+}
+
+test_same_host_responses_go_straight_to_the_client() {
+	direct_setup || return 1
+	local out n=$((4 << 20))
+	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /svc/a /svc/b /svc/c)
+	expect_eq "$(grep -c '^200 b1' <<<"$out")" 3 "keep-alive answers" || return 1
+	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" "$n")
+	expect_match "$out" "^ok $n " "4 MiB response, byte-exact" || return 1
+	local all direct
+	all=$(totals bytes_to_client)
+	direct=$(totals bytes_to_client_direct)
+	echo "    $direct of $all response bytes went straight to the client"
+	[ "$direct" -gt 0 ] || { fail "no response went direct"; return 1; }
+	[ "$direct" -le "$all" ] || { fail "direct $direct > all $all"; return 1; }
+	# the keep-alive answers are small and the client idle: all of them direct
+	expect_eq "$(totals requests)" 4 "requests counted once" &&
+	stop_pathsplice
+}
+
+test_direct_off_keeps_responses_on_the_proxy_socket() {
+	direct_setup --direct off || return 1
+	local out
+	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /svc/a /svc/b)
+	expect_eq "$(grep -c '^200 b1' <<<"$out")" 2 "keep-alive answers" &&
+	expect_eq "$(totals bytes_to_client_direct)" 0 "direct bytes with --direct off" &&
+	expect_eq "$([ "$(totals bytes_to_client)" -gt 0 ] && echo yes)" yes "bytes to the client" &&
+	expect_eq "$(sockops_ids | wc -l)" 0 "sockops attached with --direct off" &&
+	stop_pathsplice
+}
+
+test_sockops_is_attached_at_the_cgroup_root_and_detached_at_exit() {
+	local before after id
+	before=$(sockops_ids | sort)
+	direct_setup || return 1
+	after=$(sockops_ids | sort)
+	id=$(comm -13 <(echo "$before") <(echo "$after"))
+	expect_match "$id" '^[0-9]+$' "one new ps_sockops on $(cgroup2_root)" || return 1
+	stop_pathsplice || return 1
+	sockops_ids | grep -qx "$id" && { fail "ps_sockops $id still attached after exit"; return 1; }
+	bpftool prog show id "$id" >/dev/null 2>&1 && { fail "program $id still loaded"; return 1; }
+	return 0
+}
+
+# nginx answers from a non-blocking socket: when a direct write came up short
+# it would wait for its own socket to become writable, which never happens.
+# A client that stalls, then reads on, must get every byte.
+start_nginx_backend() {
+	local port=$1 dir=$T_DIR/nginx
+	mkdir -p "$dir/www/svc" "$dir/tmp"
+	chmod 755 "$T_DIR" "$dir" "$dir/www" "$dir/www/svc"
+	curl -sS --max-time 20 -o "$dir/www/svc/big" "http://127.0.0.1:$BACKEND_PORT/x?bytes=$((64 << 20))" ||
+		return 1
+	chmod 644 "$dir/www/svc/big"
+	cat >"$dir/nginx.conf" <<-EOT
+		worker_processes 1;
+		pid $dir/nginx.pid;
+		error_log $dir/error.log warn;
+		events { worker_connections 256; }
+		http {
+		    access_log off;
+		    sendfile on;
+		    client_body_temp_path $dir/tmp;
+		    proxy_temp_path $dir/tmp;
+		    fastcgi_temp_path $dir/tmp;
+		    uwsgi_temp_path $dir/tmp;
+		    scgi_temp_path $dir/tmp;
+		    server {
+		        listen 127.0.0.1:$port;
+		        root $dir/www;
+		        location = /svc/small { return 200 "small\n"; }
+		    }
+		}
+	EOT
+	nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' >>"$dir/out.log" 2>&1 &
+	T_PIDS+=($!)
+	wait_port "$port" || fail "nginx did not listen on $port"
+}
+
+test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
+	command -v nginx >/dev/null || { fail "nginx is not installed (make deps)"; return 1; }
+	local p1 p2 out n=$((64 << 20))
+	alloc_port p1 p2
+	start_backend gen "$p1" || return 1
+	BACKEND_PORT=$p1
+	start_nginx_backend "$p2" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		n1 svc /svc $p2
+	EOT
+	start_pathsplice "$T_DIR/registry.json" || return 1
+	out=$(curl -sS --max-time 10 "$(url /svc/small)" "$(url /svc/small)")
+	expect_eq "$out" "$(printf 'small\nsmall')" "small answers" || return 1
+	out=$("$TOOLS/ps-client" stall --resume --timeout 30 "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" 2)
+	expect_match "$out" "ok $n " "64 MiB after a 2 s stall, byte-exact" &&
+	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" "$n") &&
+	expect_match "$out" "^ok $n " "64 MiB at full speed" || return 1
+	echo "    $(totals bytes_to_client_direct) of $(totals bytes_to_client) bytes direct"
+	stop_pathsplice
+}
