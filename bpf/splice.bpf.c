@@ -149,7 +149,7 @@ struct walk {
 	__s32 best;		/* longest-prefix service id so far, -1 none */
 	__u32 handback;		/* enum ps_handback, set to stop */
 	__u32 hb_at_msg;	/* hand back at msg_off rather than at the segment start */
-	__u32 pad;
+	__u32 body;		/* the segment holds body bytes */
 	struct ps_frame fr;
 	struct ps_chunk {
 		__u32 n;	/* bytes in buf */
@@ -351,6 +351,8 @@ static __always_inline long walk_step(struct walk_ctx *x, const int is_msg)
 			return 1;
 		if (body > left)
 			body = left;
+		if (body)
+			w->body = 1;
 		w->off += body;
 		on_event(x, ps_frame_skip(&w->fr, body));
 		return 0;
@@ -442,7 +444,7 @@ static __always_inline __u32 peer_check(struct ps_conn *c, struct ps_conn *p, __
 	}
 	/* every byte ever put into the peer socket: acked + still in its queue */
 	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
-	queued = p->out_base + c->fwd - accepted;
+	queued = p->out_base + c->fwd - c->ingress - accepted;
 	if ((__s64)queued < 0)
 		queued = 0;
 	if (queued + len > fc_limit)
@@ -473,6 +475,7 @@ static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct sk_msg_m
 	w->best = -1;
 	w->handback = 0;
 	w->hb_at_msg = 0;
+	w->body = 0;
 	__builtin_memcpy(&w->fr, &c->fr, sizeof(w->fr));
 
 	if (is_msg)
@@ -489,17 +492,72 @@ static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct sk_msg_m
 	return w->handback;
 }
 
-static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, struct walk *w)
+/* Where a client segment that may be forwarded goes. */
+enum req_path { REQ_LEG, REQ_DIRECT, REQ_WAIT };
+
+/* Has the instance read every byte the TCP connection to it carried, with
+ * room in its receive buffer for `len` more? */
+static __always_inline int instance_ready(struct ps_conn *c, struct ps_conn *p, __u32 len)
+{
+	__u64 cookie = p->cookie;
+	__u32 peer = c->peer;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	int ok = 0;
+
+	/* the daemon's socket: nothing queued for it, nothing unacknowledged */
+	sk = bpf_map_lookup_elem(&sockets, &peer);
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	ok = tp && tp->write_seq == tp->snd_una &&
+	     tp->bytes_acked >= p->out_base + c->fwd - c->ingress;
+	bpf_sk_release(sk);
+	if (!ok)
+		return 0;
+	/* the instance's socket: nothing unread, and room */
+	sk = bpf_map_lookup_elem(&backends, &cookie);
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	ok = tp && sk->state == BPF_TCP_ESTABLISHED && tp->copied_seq == tp->rcv_nxt &&
+	     tp->inet_conn.icsk_inet.sk.sk_backlog.rmem_alloc.counter + 2 * (__s64)len + 4096 <=
+	     tp->inet_conn.icsk_inet.sk.sk_rcvbuf;
+	bpf_sk_release(sk);
+	return ok;
+}
+
+/* Whole requests without a body go straight into a same-host instance's
+ * socket when that cannot reorder them (see pathsplice.h); the rest take the
+ * TCP connection, once nothing sent straight is still unanswered. */
+static __always_inline enum req_path request_path(struct ps_conn *c, struct ps_conn *p,
+						  struct walk *w, __u32 len)
+{
+	if (!READ_ONCE(p->direct_ok))
+		return REQ_LEG;
+	if (!w->body && w->msgs != c->msgs && ps_frame_at_start(&w->fr) &&
+	    instance_ready(c, p, len))
+		return REQ_DIRECT;
+	return (__s32)(c->ingress_upto - READ_ONCE(p->msgs)) > 0 ? REQ_WAIT : REQ_LEG;
+}
+
+static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, struct ps_conn *p,
+				   struct walk *w, int direct)
 {
 	__u32 peer = c->peer, inst = c->inst;
 	__u32 msgs = c->msgs;
-	__u64 head_bits = c->head_bits;
+	__u64 head_bits = c->head_bits, cookie = p->cookie;
 	struct ps_inst_stats *st;
+	long ret;
 
 	/* publish the requests before the backend can possibly answer them */
 	c->msgs = w->msgs;
 	c->head_bits = w->head_bits;
-	if (bpf_sk_redirect_hash(skb, &sockets, &peer, 0) != SK_PASS) {
+	if (direct)
+		ret = bpf_sk_redirect_hash(skb, &backends, &cookie, BPF_F_INGRESS);
+	else
+		ret = bpf_sk_redirect_hash(skb, &sockets, &peer, 0);
+	if (ret != SK_PASS) {
 		/* the peer left between the check and the redirect */
 		c->msgs = msgs;
 		c->head_bits = head_bits;
@@ -507,12 +565,18 @@ static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, str
 	}
 	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
 	c->fwd += skb->len;
+	if (direct) {
+		c->ingress += skb->len;
+		c->ingress_upto = w->msgs;
+	}
 	st = bpf_map_lookup_elem(&inst_stats, &inst);
 	if (st) {
 		if (c->side == PS_SIDE_CLIENT)
 			st->req_bytes += skb->len;
 		else
 			st->resp_bytes += skb->len;
+		if (direct)
+			st->direct_req_bytes += skb->len;
 	}
 	return SK_PASS;
 }
@@ -565,6 +629,8 @@ int ps_verdict(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct ps_conn *c, *p;
 	struct scratch *s;
+	struct walk *w;
+	enum req_path path;
 	__u32 *slot, peer, reason, depth, zero = 0;
 	int verdict;
 
@@ -597,11 +663,19 @@ int ps_verdict(struct __sk_buff *skb)
 		verdict = handback(skb, c, NULL, reason);
 		goto out;
 	}
-	reason = walk_segment(skb, NULL, 0, skb->len, c, p, &s->w[depth & 1]);
-	if (reason)
-		verdict = handback(skb, c, &s->w[depth & 1], reason);
-	else
-		verdict = forward(skb, c, &s->w[depth & 1]);
+	w = &s->w[depth & 1];
+	reason = walk_segment(skb, NULL, 0, skb->len, c, p, w);
+	if (reason) {
+		verdict = handback(skb, c, w, reason);
+	} else if (c->side == PS_SIDE_BACKEND) {
+		verdict = forward(skb, c, p, w, 0);
+	} else {
+		path = request_path(c, p, w, skb->len);
+		if (path == REQ_WAIT)
+			verdict = handback(skb, c, NULL, PS_HB_ORDER);
+		else
+			verdict = forward(skb, c, p, w, path == REQ_DIRECT);
+	}
 out:
 	__sync_fetch_and_sub(&s->depth, 1);
 	__sync_fetch_and_sub(&c->busy, 1);

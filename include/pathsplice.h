@@ -106,6 +106,8 @@ enum ps_handback {
 	PS_HB_PEER,			/* the peer is gone or has stopped reading */
 	PS_HB_LIMIT,			/* more heads in one segment than one verdict run parses */
 	PS_HB_FORCED,			/* userspace took the socket back (ps_conn.busy handshake) */
+	PS_HB_ORDER,			/* requests sent straight to the instance are unanswered and
+					 * this one must take the TCP connection: it waits for them */
 	PS_HB_MAX,
 };
 
@@ -139,6 +141,15 @@ enum ps_handback {
  * was written into it since). Otherwise it sends the bytes the ordinary way, through the TCP
  * connection and the verdict, which keeps flow control and hand-backs. The
  * sk_msg program takes part in the busy/mode handshake like the verdict.
+ *
+ * Direct requests: the client verdict redirects a segment of whole requests
+ * without a body into the instance's socket (BPF_F_INGRESS) when the TCP
+ * connection to it is empty (every byte sent that way read by the instance)
+ * and the instance's receive buffer has room. The instance reads that queue
+ * before its TCP one, so the TCP connection is used again only once every
+ * request sent straight has been answered (ingress_upto against the backend
+ * side's msgs): until then a segment that must take it is handed back
+ * (PS_HB_ORDER) and userspace waits for the answers before relaying it.
  */
 struct ps_conn {
 	/* set by userspace before the socket enters the sockhash */
@@ -167,6 +178,12 @@ struct ps_conn {
 					 * TCP connection to this socket (the sk_msg counts) */
 	__u64 direct;			/* backend side: bytes of fwd the backend's sendmsg put
 					 * straight into the peer, never crossing this socket */
+	__u64 cookie;			/* backend side: this socket's cookie, the key of the
+					 * instance's end of the connection in `backends` */
+	__u64 ingress;			/* client side: bytes of fwd redirected straight into the
+					 * instance's socket, never entering the peer */
+	__u32 ingress_upto;		/* client side: msgs after the last such redirect */
+	__u32 pad3;
 	/* client side: this socket as the verdict last saw it, for the sk_msg
 	 * program, which cannot look at it itself (seqcount-protected) */
 	__u32 snap_seq;
@@ -192,6 +209,7 @@ struct ps_inst_stats {
 	__u64 responses;		/* responses the kernel framed */
 	__u64 handbacks;		/* segments handed back to userspace */
 	__u64 direct_bytes;		/* of resp_bytes, sent by the backend straight to the client */
+	__u64 direct_req_bytes;		/* of req_bytes, put straight into the instance's socket */
 };
 
 /* The hash of a service path: 64-bit FNV-1a, computed incrementally by the

@@ -311,7 +311,9 @@ static void ep_release(struct proxy *px, struct endpoint *ep)
 	memset(&ep->local, 0, sizeof(ep->local));
 }
 
-/* Every byte the kernel redirected into this endpoint has entered its socket. */
+/* Every byte the kernel redirected into this endpoint has entered its socket,
+ * and, for the backend, every request sent straight into the instance's
+ * socket has been answered (bytes written now would be read before them). */
 static bool ep_drained(struct conn *c, struct endpoint *ep)
 {
 	struct endpoint *other = ep == &c->cli ? &c->be : &c->cli;
@@ -319,8 +321,11 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 
 	if (!ep->in_map && !other->in_map)
 		return true;
+	if (ep == &c->be && other->in_map &&
+	    (int32_t)(other->pc->ingress_upto - __atomic_load_n(&ep->pc->msgs, __ATOMIC_ACQUIRE)) > 0)
+		return false;
 	if (other->fd >= 0)
-		expect += other->pc->fwd;
+		expect += other->pc->fwd - other->pc->ingress;
 	if (sock_accepted(ep->fd, &acc))
 		return false;
 	return acc >= expect;
@@ -466,6 +471,7 @@ static void backend_index(struct conn *c)
 	c->be.pc = datapath_conn(dp, c->be.slot);
 	if (datapath_index(dp, c->be.slot, c->be.fd, &c->be.cookie))
 		pr_debug("cannot index the backend socket: %s", strerror(errno));
+	c->be.pc->cookie = c->be.cookie;
 }
 
 static void connect_next(struct conn *c)
@@ -1122,6 +1128,8 @@ static void try_unblock(struct conn *c)
 	/* counters of the client slot are relative to its current backend */
 	req->fwd_retired += c->cli.pc->fwd;
 	c->cli.pc->fwd = 0;
+	c->cli.pc->ingress = 0;
+	c->cli.pc->ingress_upto = 0;
 	c->cli.pc->fc_next = 0;
 	c->cli.pc->msgs = 0;
 	c->cli.pc->head_bits = 0;

@@ -38,6 +38,7 @@ enum {
 	C_CONNS_TOTAL,
 	C_REQUESTS,
 	C_TO_BACKEND,
+	C_TO_BACKEND_DIRECT,
 	C_TO_CLIENT,
 	C_TO_CLIENT_DIRECT,
 	C_RETRIES,
@@ -53,6 +54,7 @@ static const char *const counter_key[C_MAX] = {
 	[C_CONNS_TOTAL] = "connections_total",
 	[C_REQUESTS] = "requests",
 	[C_TO_BACKEND] = "bytes_to_backend",
+	[C_TO_BACKEND_DIRECT] = "bytes_to_backend_direct",
 	[C_TO_CLIENT] = "bytes_to_client",
 	[C_TO_CLIENT_DIRECT] = "bytes_to_client_direct",
 	[C_RETRIES] = "retries",
@@ -292,6 +294,7 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 		k.req_bytes += s->req_bytes;
 		k.resp_bytes += s->resp_bytes;
 		k.direct_bytes += s->direct_bytes;
+		k.direct_req_bytes += s->direct_req_bytes;
 		k.requests += s->requests;
 		k.handbacks += s->handbacks;
 	}
@@ -302,6 +305,7 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 	out->v[C_TO_BACKEND] = k.req_bytes + pi->user_req_bytes;
 	out->v[C_TO_CLIENT] = k.resp_bytes + pi->user_resp_bytes;
 	out->v[C_TO_CLIENT_DIRECT] = k.direct_bytes;
+	out->v[C_TO_BACKEND_DIRECT] = k.direct_req_bytes;
 	out->v[C_RETRIES] = pi->connect_failures;
 	out->v[C_TRANSITIONS] = pi->transitions;
 	out->v[C_PASSIVE_DOWNS] = pi->passive_downs;
@@ -619,6 +623,8 @@ static const struct {
 	  "Requests routed to the instance, by the kernel and in userspace." },
 	{ "pathsplice_instance_request_bytes_total", "counter", "bytes_to_backend",
 	  "Bytes sent from clients to the instance." },
+	{ "pathsplice_instance_request_bytes_direct_total", "counter", "bytes_to_backend_direct",
+	  "Of the bytes sent to the instance, those put straight into its socket." },
 	{ "pathsplice_instance_response_bytes_total", "counter", "bytes_to_client",
 	  "Bytes sent from the instance to clients." },
 	{ "pathsplice_instance_response_bytes_direct_total", "counter", "bytes_to_client_direct",

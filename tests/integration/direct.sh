@@ -12,6 +12,8 @@ direct_setup() {
 	start_pathsplice "$T_DIR/registry.json" "$@"
 }
 
+PS_HB_ORDER=8	# enum ps_handback in include/pathsplice.h
+
 # totals FIELD: a total of the daemon's stats, from its pinned maps
 totals() {
 	"$PATHSPLICE" status --pin-dir "$PS_PIN" --json | jq -r ".totals.$1"
@@ -40,7 +42,13 @@ test_same_host_responses_go_straight_to_the_client() {
 	echo "    $direct of $all response bytes went straight to the client"
 	[ "$direct" -gt 0 ] || { fail "no response went direct"; return 1; }
 	[ "$direct" -le "$all" ] || { fail "direct $direct > all $all"; return 1; }
-	# the keep-alive answers are small and the client idle: all of them direct
+	# GETs without a body go straight into the instance's socket too
+	local req req_direct
+	req=$(totals bytes_to_backend)
+	req_direct=$(totals bytes_to_backend_direct)
+	echo "    $req_direct of $req request bytes went straight to the instance"
+	[ "$req_direct" -gt 0 ] && [ "$req_direct" -le "$req" ] ||
+		{ fail "request bytes direct: $req_direct of $req"; return 1; }
 	expect_eq "$(totals requests)" 4 "requests counted once" &&
 	stop_pathsplice
 }
@@ -51,6 +59,7 @@ test_direct_off_keeps_responses_on_the_proxy_socket() {
 	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /svc/a /svc/b)
 	expect_eq "$(grep -c '^200 b1' <<<"$out")" 2 "keep-alive answers" &&
 	expect_eq "$(totals bytes_to_client_direct)" 0 "direct bytes with --direct off" &&
+	expect_eq "$(totals bytes_to_backend_direct)" 0 "direct request bytes with --direct off" &&
 	expect_eq "$([ "$(totals bytes_to_client)" -gt 0 ] && echo yes)" yes "bytes to the client" &&
 	expect_eq "$(sockops_ids | wc -l)" 0 "sockops attached with --direct off" &&
 	stop_pathsplice
@@ -122,5 +131,25 @@ test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
 	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" "$n") &&
 	expect_match "$out" "^ok $n " "64 MiB at full speed" || return 1
 	echo "    $(totals bytes_to_client_direct) of $(totals bytes_to_client) bytes direct"
+	stop_pathsplice
+}
+
+# A GET goes straight into the instance; a POST behind it must take the TCP
+# connection, so it waits (hand-back) until the GET is answered: the instance
+# reads them in order, and the answers come back in order.
+test_request_with_body_waits_for_requests_sent_straight() {
+	direct_setup || return 1
+	local out
+	exec 3<>"/dev/tcp/127.0.0.1/$PS_PORT" || return 1
+	printf 'GET /svc/slow?sleep_ms=300 HTTP/1.1\r\nHost: t\r\n\r\n' >&3
+	sleep 0.1
+	printf 'POST /svc/up?sink=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello' >&3
+	printf 'GET /svc/last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' >&3
+	out=$(timeout 10 cat <&3 | tr -d '\r' | grep -E '^(b1 |[0-9]+ [0-9a-f]+$)')
+	exec 3<&-
+	expect_eq "$out" "$(printf 'b1 GET /svc/slow?sleep_ms=300\n5 3610a686\nb1 GET /svc/last')" \
+		"three answers in order" || return 1
+	expect_match "$(totals bytes_to_backend_direct)" '^[1-9]' "the first GET went straight" &&
+	log_within "hand-back on client side: reason $PS_HB_ORDER," 1 &&
 	stop_pathsplice
 }
