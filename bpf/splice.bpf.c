@@ -122,6 +122,7 @@ struct {
 	__type(value, __u64);		/* cookie of the proxy's socket */
 } connecting SEC(".maps");
 
+#define barrier()		asm volatile("" ::: "memory")
 #define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
 
@@ -416,6 +417,7 @@ static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, st
 	}
 	c->handbacks++;
 	c->passed += skb->len;
+	barrier();	/* pairs with ps_response(): passed before the mode */
 	WRITE_ONCE(c->mode, PS_MODE_USER);
 	return SK_PASS;
 }
@@ -788,9 +790,14 @@ int ps_response(struct sk_msg_md *msg)
 
 	__sync_fetch_and_add(&c->busy, 1);
 	depth = __sync_fetch_and_add(&s->depth, 1);
+	/* the counters before the mode: a verdict handing back counts the
+	 * segment in `passed` first and then sets USER, so a count that shows
+	 * the TCP connection empty is never paired with a stale KERNEL */
 	if (depth >= 2 || !READ_ONCE(c->direct_ok) || c->side != PS_SIDE_BACKEND ||
-	    READ_ONCE(c->mode) != PS_MODE_KERNEL ||
-	    c->leg_sent != c->passed + c->fwd - c->direct || !client_ready(c, p, len))
+	    c->leg_sent != READ_ONCE(c->passed) + READ_ONCE(c->fwd) - c->direct)
+		goto leg;
+	barrier();
+	if (READ_ONCE(c->mode) != PS_MODE_KERNEL || !client_ready(c, p, len))
 		goto leg;
 	w = &s->w[depth & 1];
 	if (walk_segment(NULL, msg, 1, len, c, p, w))
