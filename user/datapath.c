@@ -478,6 +478,13 @@ int sock_accepted(int fd, uint64_t *bytes)
 	return 0;
 }
 
+int sock_state(int fd)
+{
+	struct tcp_info ti;
+
+	return tcp_info_of(fd, &ti) ? -1 : ti.tcpi_state;
+}
+
 int sock_received(int fd, uint64_t *bytes)
 {
 	struct tcp_info ti;

@@ -100,5 +100,7 @@ bool splice_kernel_owned(const struct ps_conn *c);
 /* Every byte ever put into / received on a TCP socket (acked + queued). */
 int sock_accepted(int fd, uint64_t *bytes);
 int sock_received(int fd, uint64_t *bytes);
+/* Its TCP state (TCP_ESTABLISHED, ...), or -1. */
+int sock_state(int fd);
 
 #endif

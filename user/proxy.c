@@ -318,17 +318,22 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 {
 	struct endpoint *other = ep == &c->cli ? &c->be : &c->cli;
 	uint64_t expect = ep->pc->out_base, acc;
+	int st;
 
 	if (!ep->in_map && !other->in_map)
 		return true;
-	if (ep == &c->be && other->in_map &&
+	if (ep == &c->be && other->in_map && !c->resp.fin &&
 	    (int32_t)(other->pc->ingress_upto - __atomic_load_n(&ep->pc->msgs, __ATOMIC_ACQUIRE)) > 0)
 		return false;
 	if (other->fd >= 0)
 		expect += other->pc->fwd - other->pc->ingress;
 	if (sock_accepted(ep->fd, &acc))
 		return false;
-	return acc >= expect;
+	if (acc >= expect)
+		return true;
+	/* a socket that takes no more bytes (reset, closed) has nothing to wait for */
+	st = sock_state(ep->fd);
+	return st != TCP_ESTABLISHED && st != TCP_CLOSE_WAIT;
 }
 
 /* Write into an endpoint from userspace; returns bytes written or -1. */
@@ -1515,6 +1520,24 @@ static void stop_accepting(struct proxy *px)
 	px->lfd = -1;
 }
 
+/* What a connection still waits for, for the debug log of a drain. */
+static void conn_describe(const struct conn *c)
+{
+	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
+
+	pr_debug("  %s:%u state %d block %d | client fd %d tcp %d %s mode %u fin %d shut %d "
+		 "fwd %llu ingress %llu msgs %u | backend fd %d tcp %d %s mode %u fin %d shut %d "
+		 "fwd %llu direct %llu leg %llu passed %llu msgs %u",
+		 inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), c->state, c->block,
+		 c->cli.fd, sock_state(c->cli.fd), c->cli.in_map ? "spliced" : "relayed", cp->mode,
+		 c->req.fin, c->req.shut,
+		 (unsigned long long)cp->fwd, (unsigned long long)cp->ingress, cp->msgs,
+		 c->be.fd, sock_state(c->be.fd), c->be.in_map ? "spliced" : "relayed", bp->mode,
+		 c->resp.fin, c->resp.shut,
+		 (unsigned long long)bp->fwd, (unsigned long long)bp->direct,
+		 (unsigned long long)bp->leg_sent, (unsigned long long)bp->passed, bp->msgs);
+}
+
 static size_t conn_count(const struct proxy *px)
 {
 	const struct conn *c;
@@ -1536,9 +1559,12 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 		if (*stop && !drain_end) {
 			stop_accepting(px);
 			drain_end = ps_now_ms() + px->o.drain_ms;
-			if (px->all)
+			if (px->all) {
 				pr_info("draining: %zu connection%s may take up to %u ms to finish",
 					conn_count(px), conn_count(px) == 1 ? "" : "s", px->o.drain_ms);
+				for (const struct conn *c = px->all; c; c = c->anext)
+					conn_describe(c);
+			}
 		}
 		if (drain_end) {
 			if (!px->all || *stop >= 2)

@@ -153,3 +153,31 @@ test_request_with_body_waits_for_requests_sent_straight() {
 	log_within "hand-back on client side: reason $PS_HB_ORDER," 1 &&
 	stop_pathsplice
 }
+
+# Clients that leave in the middle of responses sent straight to them: every
+# connection ends (none waits for bytes that can no longer arrive).
+test_clients_leaving_mid_response_leave_no_connection_behind() {
+	command -v nginx >/dev/null || { fail "nginx is not installed (make deps)"; return 1; }
+	local p1 p2 i open pids=()
+	alloc_port p1 p2
+	start_backend gen "$p1" || return 1
+	BACKEND_PORT=$p1
+	start_nginx_backend "$p2" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		n1 svc /svc $p2
+	EOT
+	start_pathsplice "$T_DIR/registry.json" || return 1
+	for ((i = 0; i < 8; i++)); do
+		curl -s --max-time 0.1 -o /dev/null "$(url /svc/big)" "$(url /svc/big)" &
+		pids+=($!)
+	done
+	wait "${pids[@]}"
+	for ((i = 0; i < 60; i++)); do
+		open=$(ss -Htn state established "( sport = :$PS_PORT )" | wc -l)
+		[ "$open" = 0 ] && break
+		sleep 0.05
+	done
+	expect_eq "$open" 0 "client connections still open 3 s after the clients left" &&
+	expect_eq "$(status /svc/small)" 200 "the next request" &&
+	stop_pathsplice
+}
