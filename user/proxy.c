@@ -1050,8 +1050,9 @@ static void dir_try_finish(struct dir *d)
 		/* everything that arrived went through the verdict, and every
 		 * byte it redirected has entered dst (the FIN counts one); bytes
 		 * the backend sent straight to the client never arrived here */
-		if (sock_received(d->src->fd, &rcvd) ||
-		    rcvd + pc->direct != pc->passed + pc->fwd + d->fwd_retired + 1 ||
+		if ((sock_state(d->src->fd) != TCP_CLOSE &&	/* reset: nothing more comes */
+		     (sock_received(d->src->fd, &rcvd) ||
+		      rcvd + pc->direct != pc->passed + pc->fwd + d->fwd_retired + 1)) ||
 		    !ep_drained(c, d->dst)) {
 			poll_later(c);
 			return;
