@@ -113,9 +113,10 @@ start_nginx_backend() {
 	wait_port "$port" || fail "nginx did not listen on $port"
 }
 
-test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
+# pathsplice in front of one nginx instance (ps-backend generates its files)
+nginx_setup() {
 	command -v nginx >/dev/null || { fail "nginx is not installed (make deps)"; return 1; }
-	local p1 p2 out n=$((64 << 20))
+	local p1 p2
 	alloc_port p1 p2
 	start_backend gen "$p1" || return 1
 	BACKEND_PORT=$p1
@@ -123,7 +124,12 @@ test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
 	write_registry "$T_DIR/registry.json" <<-EOT
 		n1 svc /svc $p2
 	EOT
-	start_pathsplice "$T_DIR/registry.json" || return 1
+	start_pathsplice "$T_DIR/registry.json"
+}
+
+test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
+	local out n=$((64 << 20))
+	nginx_setup || return 1
 	out=$(curl -sS --max-time 10 "$(url /svc/small)" "$(url /svc/small)")
 	expect_eq "$out" "$(printf 'small\nsmall')" "small answers" || return 1
 	out=$("$TOOLS/ps-client" stall --resume --timeout 30 "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" 2)
@@ -157,16 +163,8 @@ test_request_with_body_waits_for_requests_sent_straight() {
 # Clients that leave in the middle of responses sent straight to them: every
 # connection ends (none waits for bytes that can no longer arrive).
 test_clients_leaving_mid_response_leave_no_connection_behind() {
-	command -v nginx >/dev/null || { fail "nginx is not installed (make deps)"; return 1; }
-	local p1 p2 i open pids=()
-	alloc_port p1 p2
-	start_backend gen "$p1" || return 1
-	BACKEND_PORT=$p1
-	start_nginx_backend "$p2" || return 1
-	write_registry "$T_DIR/registry.json" <<-EOT
-		n1 svc /svc $p2
-	EOT
-	start_pathsplice "$T_DIR/registry.json" || return 1
+	local i open pids=()
+	nginx_setup || return 1
 	for ((i = 0; i < 8; i++)); do
 		curl -s --max-time 0.1 -o /dev/null "$(url /svc/big)" "$(url /svc/big)" &
 		pids+=($!)
