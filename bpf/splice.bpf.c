@@ -13,6 +13,15 @@
  *    cut by the segment boundary, or a peer that is not draining (flow
  *    control: the bytes queued for the peer beyond its socket stay bounded).
  *
+ * For same-host instances two more programs skip the daemon's loopback
+ * connection to the instance where that is safe (see pathsplice.h):
+ *  - ps_sockops, on the cgroup v2 root, puts the instance's end of each
+ *    connection the daemon makes into the `backends` sockhash;
+ *  - ps_response, sk_msg on those sockets, sends a response from the
+ *    instance's sendmsg straight into the client socket;
+ *  and the verdict puts whole body-free requests straight into the
+ *  instance's socket.
+ *
  * The ownership protocol is described with struct ps_conn in pathsplice.h.
  */
 #include "vmlinux.h"
