@@ -463,7 +463,7 @@ static int tcp_info_of(int fd, struct tcp_info *ti)
 	return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) ? -errno : 0;
 }
 
-int sock_accepted(int fd, uint64_t *bytes)
+int sock_accepted(int fd, uint64_t *bytes, int *state)
 {
 	struct tcp_info ti;
 	int outq, err;
@@ -475,6 +475,19 @@ int sock_accepted(int fd, uint64_t *bytes)
 	if (ioctl(fd, SIOCOUTQ, &outq))
 		return -errno;
 	*bytes = ti.tcpi_bytes_acked + (uint64_t)outq;
+	*state = ti.tcpi_state;
+	return 0;
+}
+
+int sock_received(int fd, uint64_t *bytes, int *state)
+{
+	struct tcp_info ti;
+	int err;
+
+	if ((err = tcp_info_of(fd, &ti)))
+		return err;
+	*bytes = ti.tcpi_bytes_received;
+	*state = ti.tcpi_state;
 	return 0;
 }
 
@@ -483,15 +496,4 @@ int sock_state(int fd)
 	struct tcp_info ti;
 
 	return tcp_info_of(fd, &ti) ? -1 : ti.tcpi_state;
-}
-
-int sock_received(int fd, uint64_t *bytes)
-{
-	struct tcp_info ti;
-	int err;
-
-	if ((err = tcp_info_of(fd, &ti)))
-		return err;
-	*bytes = ti.tcpi_bytes_received;
-	return 0;
 }

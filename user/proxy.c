@@ -327,13 +327,10 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 		return false;
 	if (other->fd >= 0)
 		expect += other->pc->fwd - other->pc->ingress;
-	if (sock_accepted(ep->fd, &acc))
+	if (sock_accepted(ep->fd, &acc, &st))
 		return false;
-	if (acc >= expect)
-		return true;
 	/* a socket that takes no more bytes (reset, closed) has nothing to wait for */
-	st = sock_state(ep->fd);
-	return st != TCP_ESTABLISHED && st != TCP_CLOSE_WAIT;
+	return acc >= expect || (st != TCP_ESTABLISHED && st != TCP_CLOSE_WAIT);
 }
 
 /* Write into an endpoint from userspace; returns bytes written or -1. */
@@ -464,16 +461,23 @@ static enum head_result head_parse(struct proxy *px, const uint8_t *buf, size_t 
 static void fail(struct conn *c, uint16_t status, const char *why);
 static void splice_setup(struct conn *c);
 
+/* Give an endpoint a conns slot (its pc), if one is free. */
+static void ep_take_slot(struct datapath *dp, struct endpoint *ep)
+{
+	ep->slot = datapath_slot_alloc(dp);
+	if (ep->slot >= 0)
+		ep->pc = datapath_conn(dp, ep->slot);
+}
+
 /* A connection that may be spliced gets its backend slot before it
  * connects: sockops recognises the backend's end of it by the cookie. */
 static void backend_index(struct conn *c)
 {
 	struct datapath *dp = c->px->dp;
 
-	c->be.slot = datapath_slot_alloc(dp);
+	ep_take_slot(dp, &c->be);
 	if (c->be.slot < 0)
 		return;
-	c->be.pc = datapath_conn(dp, c->be.slot);
 	if (datapath_index(dp, c->be.slot, c->be.fd, &c->be.cookie))
 		pr_debug("cannot index the backend socket: %s", strerror(errno));
 	c->be.pc->cookie = c->be.cookie;
@@ -576,16 +580,10 @@ static void splice_setup(struct conn *c)
 	struct ps_conn *cp, *bp;
 	int err;
 
-	if (first && c->cli.slot < 0 && !c->one_shot) {
-		c->cli.slot = datapath_slot_alloc(px->dp);
-		if (c->cli.slot >= 0)
-			c->cli.pc = datapath_conn(px->dp, c->cli.slot);
-	}
-	if (c->cli.slot >= 0 && c->be.slot < 0) {
-		c->be.slot = datapath_slot_alloc(px->dp);
-		if (c->be.slot >= 0)
-			c->be.pc = datapath_conn(px->dp, c->be.slot);
-	}
+	if (first && c->cli.slot < 0 && !c->one_shot)
+		ep_take_slot(px->dp, &c->cli);
+	if (c->cli.slot >= 0 && c->be.slot < 0)
+		ep_take_slot(px->dp, &c->be);
 	cp = c->cli.pc;
 	bp = c->be.pc;
 
@@ -1043,17 +1041,20 @@ static void dir_try_finish(struct dir *d)
 	struct conn *c = d->conn;
 	struct ps_conn *pc = d->src->pc;
 	uint64_t rcvd;
+	bool complete;
+	int st;
 
 	if (d->shut || !d->fin || d->dst->fd < 0)
 		return;
 	if (dir_kernel_owned(d)) {
-		/* everything that arrived went through the verdict, and every
-		 * byte it redirected has entered dst (the FIN counts one); bytes
-		 * the backend sent straight to the client never arrived here */
-		if ((sock_state(d->src->fd) != TCP_CLOSE &&	/* reset: nothing more comes */
-		     (sock_received(d->src->fd, &rcvd) ||
-		      rcvd + pc->direct != pc->passed + pc->fwd + d->fwd_retired + 1)) ||
-		    !ep_drained(c, d->dst)) {
+		/* everything that arrived went through the verdict (the FIN
+		 * counts one; bytes the backend sent straight to the client never
+		 * arrived here), or the source was reset and nothing more comes;
+		 * and every byte the verdict redirected has entered dst */
+		complete = !sock_received(d->src->fd, &rcvd, &st) &&
+			   (st == TCP_CLOSE ||
+			    rcvd + pc->direct == pc->passed + pc->fwd + d->fwd_retired + 1);
+		if (!complete || !ep_drained(c, d->dst)) {
 			poll_later(c);
 			return;
 		}
