@@ -771,14 +771,11 @@ SEC("sk_msg")
 int ps_response(struct sk_msg_md *msg)
 {
 	struct ps_inst_stats *st;
-	struct ps_frame fr;
 	struct ps_conn *c, *p;
 	struct scratch *s;
 	struct walk *w;
-	__u32 *slot, peer, inst, depth, len = msg->size, zero = 0;
-	__u64 *owner, head_bits;
-	__u32 msgs;
-	int verdict = SK_PASS;
+	__u32 *slot, peer, inst, depth, responses, len = msg->size, zero = 0;
+	__u64 *owner;
 
 	if (!msg->sk)
 		return SK_PASS;
@@ -812,27 +809,20 @@ int ps_response(struct sk_msg_md *msg)
 	if (walk_segment(NULL, msg, 1, len, c, p, w))
 		goto leg;	/* the verdict frames it again and hands it back */
 
-	__builtin_memcpy(&fr, &c->fr, sizeof(fr));
-	msgs = c->msgs;
-	head_bits = c->head_bits;
+	/* the redirect only names the target: the bytes move once this
+	 * program has returned, so the state is committed after it */
+	if (bpf_msg_redirect_hash(msg, &sockets, &peer, 0) != SK_PASS)
+		goto leg;	/* the client left since the verdict's last look */
+	responses = w->msgs - c->msgs;
 	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
 	c->msgs = w->msgs;
 	c->head_bits = w->head_bits;
 	c->fwd += len;
 	c->direct += len;
-	if (bpf_msg_redirect_hash(msg, &sockets, &peer, 0) != SK_PASS) {
-		/* the client left between the check and the redirect */
-		__builtin_memcpy(&c->fr, &fr, sizeof(fr));
-		c->msgs = msgs;
-		c->head_bits = head_bits;
-		c->fwd -= len;
-		c->direct -= len;
-		goto leg;
-	}
 	inst = c->inst;
 	st = bpf_map_lookup_elem(&inst_stats, &inst);
 	if (st) {
-		st->responses += w->msgs - msgs;
+		st->responses += responses;
 		st->resp_bytes += len;
 		st->direct_bytes += len;
 	}
@@ -842,5 +832,5 @@ leg:
 out:
 	__sync_fetch_and_sub(&s->depth, 1);
 	__sync_fetch_and_sub(&c->busy, 1);
-	return verdict;
+	return SK_PASS;	/* or the redirect set above */
 }
