@@ -115,21 +115,60 @@ struct {
 	__type(value, __u64);
 } backend_owner SEC(".maps");
 
-/* Connections the proxy opened, between its connect completing and the
- * backend accepting: what the backend's end will see. */
+/* Connections between their connect completing and the accept: the proxy's
+ * to a backend, and a caller's to the proxy. What the accepting end sees. */
 struct ps_tuple {
-	__u32 backend_ip;		/* network order */
-	__u32 proxy_ip;
-	__u16 backend_port;		/* host order */
-	__u16 proxy_port;
+	__u32 server_ip;		/* network order */
+	__u32 client_ip;
+	__u16 server_port;		/* host order */
+	__u16 client_port;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct ps_tuple);
-	__type(value, __u64);		/* cookie of the proxy's socket */
+	__type(value, __u64);		/* cookie of the connecting socket */
 } connecting SEC(".maps");
+
+/* Same-host callers (see pathsplice.h): the proxy's listening addresses,
+ * with the network namespace they are in; only callers there are taken. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct ps_listen);
+	__type(value, __u64);		/* network namespace cookie */
+} listeners SEC(".maps");
+
+/* The callers' own sockets, with the request sk_msg program attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u64);		/* the caller socket's cookie */
+	__type(value, __u64);
+} callers SEC(".maps");
+
+/* On a caller's socket. */
+struct ps_caller {
+	__u64 self;			/* its cookie */
+	__u64 owner;			/* cookie of the proxy's socket at the other end */
+	__u64 leg_sent;			/* bytes it sent through TCP */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ps_caller);
+} caller_state SEC(".maps");
+
+/* Accepted, not yet seen by the caller's program: caller cookie -> owner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} caller_owner SEC(".maps");
 
 #define barrier()		asm volatile("" ::: "memory")
 #define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
@@ -693,43 +732,73 @@ out:
 	return verdict;
 }
 
-/* ---- direct responses ------------------------------------------------ */
+/* ---- direct responses and same-host callers ----------------------- */
+
+/* Is ip:port a listening address of the proxy, in its network namespace? */
+static __always_inline int is_listener(struct bpf_sock_ops *skops, __u32 ip, __u16 port)
+{
+	struct ps_listen l = { .ip = ip, .port = port };
+	__u64 *netns = bpf_map_lookup_elem(&listeners, &l);
+
+	if (!netns) {
+		l.ip = 0;
+		netns = bpf_map_lookup_elem(&listeners, &l);
+	}
+	return netns && *netns == bpf_get_netns_cookie(skops);
+}
 
 /*
- * Attached to the cgroup hierarchy's root, because the backends' sockets
- * belong to the backends: it looks only at connection establishment, and
- * only a connection the proxy made (its socket is in conn_index) is matched
- * at its other end.
+ * Attached to the cgroup hierarchy's root, because the backends' and the
+ * callers' sockets belong to them: it looks only at connection
+ * establishment. A connection the proxy made (its socket is in conn_index)
+ * is matched at the backend's end; a connection to the proxy's listener from
+ * its own network namespace has the caller's end put in `callers` and is
+ * matched at the proxy's end, for the caller's program to find.
  */
 SEC("sockops")
 int ps_sockops(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk;
+	struct bpf_sock *sk = skops->sk;
+	struct ps_caller *cs;
 	struct ps_tuple t;
 	__u64 cookie, *owner, *found;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		cookie = bpf_get_socket_cookie(skops);
-		if (!bpf_map_lookup_elem(&conn_index, &cookie))
-			return 1;
-		t.backend_ip = skops->remote_ip4;
-		t.proxy_ip = skops->local_ip4;
-		t.backend_port = bpf_ntohl(skops->remote_port);
-		t.proxy_port = skops->local_port;
+		t.server_ip = skops->remote_ip4;
+		t.client_ip = skops->local_ip4;
+		t.server_port = bpf_ntohl(skops->remote_port);
+		t.client_port = skops->local_port;
+		if (!bpf_map_lookup_elem(&conn_index, &cookie)) {
+			if (!sk || !is_listener(skops, t.server_ip, t.server_port))
+				return 1;
+			cs = bpf_sk_storage_get(&caller_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (!cs)
+				return 1;
+			cs->self = cookie;
+			/* the program comes with the map: in it before the first send */
+			if (bpf_sock_hash_update(skops, &callers, &cookie, BPF_NOEXIST))
+				return 1;
+		}
 		bpf_map_update_elem(&connecting, &t, &cookie, BPF_ANY);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		t.backend_ip = skops->local_ip4;
-		t.proxy_ip = skops->remote_ip4;
-		t.backend_port = skops->local_port;
-		t.proxy_port = bpf_ntohl(skops->remote_port);
+		t.server_ip = skops->local_ip4;
+		t.client_ip = skops->remote_ip4;
+		t.server_port = skops->local_port;
+		t.client_port = bpf_ntohl(skops->remote_port);
 		found = bpf_map_lookup_elem(&connecting, &t);
-		sk = skops->sk;
 		if (!found || !sk)
 			return 1;
 		cookie = *found;
 		bpf_map_delete_elem(&connecting, &t);
+		if (is_listener(skops, t.server_ip, t.server_port)) {
+			__u64 mine = bpf_get_socket_cookie(skops);
+
+			bpf_map_update_elem(&caller_owner, &cookie, &mine, BPF_ANY);
+			return 1;
+		}
 		owner = bpf_sk_storage_get(&backend_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!owner)
 			return 1;
@@ -765,6 +834,20 @@ static __always_inline int client_ready(struct ps_conn *c, struct ps_conn *p, __
 	return room >= 2 * (__s64)len + 16384;
 }
 
+/* May `len` bytes go straight into a same-host caller's socket now? Only if
+ * the caller has read every byte sent to it through TCP (it reads what is
+ * pushed into its socket first) and what is pushed stays within its receive
+ * buffer, as of its last send. The verdict does not run for a caller that
+ * sends only straight to the instance, so client_ready() would not do. */
+static __always_inline int caller_ready(struct ps_conn *c, struct ps_conn *p, __u32 len)
+{
+	__u64 read = READ_ONCE(p->caller_read);
+
+	barrier();
+	return read == p->out_base + c->fwd - c->ingress &&
+	       c->ingress + len <= READ_ONCE(p->caller_room_end);
+}
+
 /* In the backend's sendmsg: a response straight to the client, or through
  * the TCP connection to the proxy's socket as usual. */
 SEC("sk_msg")
@@ -775,7 +858,9 @@ int ps_response(struct sk_msg_md *msg)
 	struct scratch *s;
 	struct walk *w;
 	__u32 *slot, peer, inst, depth, responses, len = msg->size, zero = 0;
-	__u64 *owner;
+	__u64 *owner, caller;
+	struct tcp_sock *tp;
+	long ret;
 
 	if (!msg->sk)
 		return SK_PASS;
@@ -793,6 +878,10 @@ int ps_response(struct sk_msg_md *msg)
 	p = bpf_map_lookup_elem(&conns, &peer);
 	if (!p)
 		return SK_PASS;
+	/* what the instance has read of the TCP connection, for ps_request() */
+	tp = bpf_skc_to_tcp_sock(msg->sk);
+	if (tp)
+		WRITE_ONCE(c->leg_read, tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq));
 
 	__sync_fetch_and_add(&c->busy, 1);
 	depth = __sync_fetch_and_add(&s->depth, 1);
@@ -803,7 +892,10 @@ int ps_response(struct sk_msg_md *msg)
 	    c->leg_sent != READ_ONCE(c->passed) + READ_ONCE(c->fwd) - c->direct)
 		goto leg;
 	barrier();
-	if (READ_ONCE(c->mode) != PS_MODE_KERNEL || !client_ready(c, p, len))
+	if (READ_ONCE(c->mode) != PS_MODE_KERNEL)
+		goto leg;
+	caller = READ_ONCE(p->caller);
+	if (caller ? !caller_ready(c, p, len) : !client_ready(c, p, len))
 		goto leg;
 	w = &s->w[depth & 1];
 	if (walk_segment(NULL, msg, 1, len, c, p, w))
@@ -811,24 +903,148 @@ int ps_response(struct sk_msg_md *msg)
 
 	/* the redirect only names the target: the bytes move once this
 	 * program has returned, so the state is committed after it */
-	if (bpf_msg_redirect_hash(msg, &sockets, &peer, 0) != SK_PASS)
-		goto leg;	/* the client left since the verdict's last look */
+	if (caller)
+		ret = bpf_msg_redirect_hash(msg, &callers, &caller, BPF_F_INGRESS);
+	else
+		ret = bpf_msg_redirect_hash(msg, &sockets, &peer, 0);
+	if (ret != SK_PASS)
+		goto leg;	/* the client left since the last look */
 	responses = w->msgs - c->msgs;
 	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
 	c->msgs = w->msgs;
 	c->head_bits = w->head_bits;
 	c->fwd += len;
 	c->direct += len;
+	if (caller)
+		c->ingress += len;
 	inst = c->inst;
 	st = bpf_map_lookup_elem(&inst_stats, &inst);
 	if (st) {
 		st->responses += responses;
 		st->resp_bytes += len;
 		st->direct_bytes += len;
+		if (caller)
+			st->caller_resp_bytes += len;
 	}
 	goto out;
 leg:
 	c->leg_sent += len;
+out:
+	__sync_fetch_and_sub(&s->depth, 1);
+	__sync_fetch_and_sub(&c->busy, 1);
+	return SK_PASS;	/* or the redirect set above */
+}
+
+/* In a caller's sendmsg: note how the caller stands for caller_ready().
+ * Its socket is locked, so nothing is pushed into it meanwhile; a push
+ * committed but not yet made counts as read, by at most one message. */
+static __always_inline void caller_note(struct sk_msg_md *msg, struct ps_caller *cs,
+					struct ps_conn *c, struct ps_conn *p)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(msg->sk);
+	struct sk_psock *psock;
+	__u64 pushed = READ_ONCE(p->ingress), consumed;
+	__u32 queued = 0;
+
+	if (!tp)
+		return;
+	psock = (struct sk_psock *)tp->inet_conn.icsk_inet.sk.sk_user_data;
+	if (psock)
+		bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len);
+	consumed = pushed > queued ? pushed - queued : 0;
+	WRITE_ONCE(c->caller_read, tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq));
+	WRITE_ONCE(c->caller_room_end, consumed + tp->inet_conn.icsk_inet.sk.sk_rcvbuf);
+	WRITE_ONCE(c->caller, cs->self);
+}
+
+/* In a same-host caller's sendmsg: whole body-free requests straight into
+ * the instance's socket, or through TCP to the proxy's socket as usual
+ * (see pathsplice.h). */
+SEC("sk_msg")
+int ps_request(struct sk_msg_md *msg)
+{
+	struct ps_inst_stats *st;
+	struct ps_caller *cs;
+	struct ps_conn *c, *p;
+	struct scratch *s;
+	struct walk *w;
+	__u32 *slot, peer, inst, depth, requests, len = msg->size, zero = 0;
+	__u64 *owner, cookie, leg_read;
+
+	if (!msg->sk)
+		return SK_PASS;
+	cs = bpf_sk_storage_get(&caller_state, msg->sk, 0, 0);
+	if (!cs)
+		return SK_PASS;
+	if (!cs->owner) {
+		cookie = cs->self;
+		owner = bpf_map_lookup_elem(&caller_owner, &cookie);
+		if (owner) {
+			cs->owner = *owner;
+			bpf_map_delete_elem(&caller_owner, &cookie);
+		}
+	}
+	cookie = cs->owner;
+	slot = cookie ? bpf_map_lookup_elem(&conn_index, &cookie) : NULL;
+	c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c || !s) {
+		cs->leg_sent += len;
+		return SK_PASS;
+	}
+	peer = c->peer;
+	p = bpf_map_lookup_elem(&conns, &peer);
+	if (!p) {
+		cs->leg_sent += len;
+		return SK_PASS;
+	}
+
+	__sync_fetch_and_add(&c->busy, 1);
+	depth = __sync_fetch_and_add(&s->depth, 1);
+	/* every byte sent through TCP has been through the verdict: counters
+	 * before the mode, as in ps_response() */
+	if (depth >= 2 || c->side != PS_SIDE_CLIENT || !READ_ONCE(p->direct_ok) ||
+	    cs->leg_sent != READ_ONCE(c->passed) + c->fwd_retired + READ_ONCE(c->fwd) - c->direct)
+		goto leg;
+	barrier();
+	if (READ_ONCE(c->mode) != PS_MODE_KERNEL)
+		goto leg;
+	caller_note(msg, cs, c, p);
+	/* requests the verdict sent straight may still be on a worker's queue;
+	 * the instance must have read the TCP connection to the end */
+	if ((__s32)(c->ingress_upto - READ_ONCE(p->msgs)) > 0)
+		goto leg;
+	leg_read = READ_ONCE(p->leg_read);
+	barrier();
+	if (leg_read != p->out_base + c->fwd - c->ingress)
+		goto leg;
+	w = &s->w[depth & 1];
+	if (walk_segment(NULL, msg, 1, len, c, p, w) || w->body || w->msgs == c->msgs ||
+	    !ps_frame_at_start(&w->fr))
+		goto leg;
+
+	cookie = p->cookie;
+	if (bpf_msg_redirect_hash(msg, &backends, &cookie, BPF_F_INGRESS) != SK_PASS)
+		goto leg;
+	/* published before the instance can possibly answer */
+	requests = w->msgs - c->msgs;
+	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
+	c->msgs = w->msgs;
+	c->head_bits = w->head_bits;
+	c->fwd += len;
+	c->ingress += len;
+	c->direct += len;
+	inst = c->inst;
+	st = bpf_map_lookup_elem(&inst_stats, &inst);
+	if (st) {
+		st->requests += requests;
+		st->req_bytes += len;
+		st->direct_req_bytes += len;
+		st->caller_req_bytes += len;
+	}
+	goto out;
+leg:
+	cs->leg_sent += len;
 out:
 	__sync_fetch_and_sub(&s->depth, 1);
 	__sync_fetch_and_sub(&c->busy, 1);

@@ -142,6 +142,19 @@ enum ps_handback {
  * connection and the verdict, which keeps flow control and hand-backs. The
  * sk_msg program takes part in the busy/mode handshake like the verdict.
  *
+ * Same-host callers (processes in the daemon's network namespace connecting
+ * to its listener): sockops puts the caller's own socket in the `callers`
+ * sockhash, and an sk_msg program runs in the caller's sendmsg. It puts whole
+ * body-free requests straight into the instance's socket, skipping TCP and
+ * the kernel worker, when every byte the caller sent through TCP has been
+ * through the verdict, every request the verdict sent straight has been
+ * answered (those are still on a kernel worker's queue) and the instance has
+ * read every byte of the TCP connection to it (leg_read, noted by the
+ * instance's sk_msg program). Responses then go straight into the caller's
+ * socket while the caller has read everything sent to it through TCP and
+ * what is queued for it stays within its receive buffer (the caller's
+ * program notes both when it sends). Anything else takes TCP as before.
+ *
  * Direct requests: the client verdict redirects a segment of whole requests
  * without a body into the instance's socket (BPF_F_INGRESS) when the TCP
  * connection to it is empty (every byte sent that way read by the instance)
@@ -176,14 +189,26 @@ struct ps_conn {
 					 * userspace zeroes it when it arms (forces a check) */
 	__u64 leg_sent;			/* backend side: bytes the backend sent through its
 					 * TCP connection to this socket (the sk_msg counts) */
-	__u64 direct;			/* backend side: bytes of fwd the backend's sendmsg put
-					 * straight into the peer, never crossing this socket */
+	__u64 direct;			/* bytes of fwd that never crossed this socket: backend
+					 * side, put straight into the peer or the caller by the
+					 * backend's sendmsg; client side, put straight into the
+					 * instance by the caller's sendmsg (never reset) */
 	__u64 cookie;			/* backend side: this socket's cookie, the key of the
 					 * instance's end of the connection in `backends` */
-	__u64 ingress;			/* client side: bytes of fwd redirected straight into the
-					 * instance's socket, never entering the peer */
-	__u32 ingress_upto;		/* client side: msgs after the last such redirect */
+	__u64 ingress;			/* bytes of fwd put straight into the far end, never
+					 * entering the peer: client side, the instance's socket;
+					 * backend side, the caller's socket */
+	__u32 ingress_upto;		/* client side: msgs after the last such redirect by the
+					 * verdict (the caller's sendmsg does not queue) */
 	__u32 pad3;
+	__u64 fwd_retired;		/* client side: fwd to earlier backends (userspace) */
+	__u64 leg_read;			/* backend side: bytes of the TCP connection the
+					 * instance had read when it last sent */
+	/* client side, a same-host caller: its socket's cookie, and how it
+	 * stood when it last sent (written by its sk_msg program) */
+	__u64 caller;
+	__u64 caller_read;		/* bytes it had read through TCP */
+	__u64 caller_room_end;		/* the peer's ingress up to which it may be pushed */
 	/* client side: this socket as the verdict last saw it, for the sk_msg
 	 * program, which cannot look at it itself (seqcount-protected) */
 	__u32 snap_seq;
@@ -201,6 +226,13 @@ struct ps_conn {
 	__u8 path[PS_PATH_MAX];		/* the request target so far, for exact route checks */
 };
 
+/* A listening address of the proxy: key of the `listeners` map. */
+struct ps_listen {
+	__u32 ip;			/* network order, 0 for any */
+	__u16 port;			/* host order */
+	__u16 pad;
+};
+
 /* Per-instance counters, in a per-CPU array indexed by instance slot. */
 struct ps_inst_stats {
 	__u64 req_bytes;		/* client -> backend bytes moved by the kernel */
@@ -210,6 +242,8 @@ struct ps_inst_stats {
 	__u64 handbacks;		/* segments handed back to userspace */
 	__u64 direct_bytes;		/* of resp_bytes, sent by the backend straight to the client */
 	__u64 direct_req_bytes;		/* of req_bytes, put straight into the instance's socket */
+	__u64 caller_req_bytes;		/* of direct_req_bytes, from a same-host caller's sendmsg */
+	__u64 caller_resp_bytes;	/* of direct_bytes, straight into a same-host caller's socket */
 };
 
 /* The hash of a service path: 64-bit FNV-1a, computed incrementally by the

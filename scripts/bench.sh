@@ -4,8 +4,11 @@
 # Measures, in ONE run and interleaved, the backend reached directly (the limit),
 # HAProxy 2.6 in HTTP mode, nginx as a reverse proxy and pathsplice, and prints
 # each target's numbers as ratios to the direct backend. Clients: wrk on loopback
-# (root namespace, 127.0.0.1) and wrk in a network namespace (psb-cli) talking over
-# a veth pair to a namespace (psb-srv) where every server of that pass runs.
+# (root namespace, 127.0.0.1), with pathsplice treating it as any client (its
+# sockets not accelerated: --direct-callers off); wrk in a network namespace
+# (psb-cli) talking over a veth pair to a namespace (psb-srv) where every server of
+# that pass runs; and wrk on loopback as a same-host caller whose sockets
+# pathsplice accelerates (its default).
 #
 # Everything the script starts is stopped by PID and every namespace it creates
 # is deleted on exit, including on Ctrl-C and on failure. Run `scripts/bench.sh -h`.
@@ -38,7 +41,7 @@ cell as "value (ratio to direct)".
 Options:
   --duration S      seconds per measurement (default $DURATION)
   --reps N          interleaved repetitions; cells are medians (default $REPS)
-  --only P          only one client placement: loopback | netns
+  --only P          only one client placement: loopback | netns | same-host
   --targets LIST    comma-separated subset of: ${ALL_TARGETS[*]}
                     (direct is always measured: it is the reference)
   --quick           smoke run: 1 rep of 2 s
@@ -91,9 +94,9 @@ in_range "$DURATION" 1 600 || usage_err "--duration must be an integer number of
 in_range "$REPS" 1 50 || usage_err "--reps must be 1-50"
 in_range "$PORT_BASE" 19000 19969 || usage_err "--port-base must keep every port in 19000-19999"
 case $ONLY in
-"") PLACEMENTS=(loopback netns) ;;
-loopback | netns) PLACEMENTS=("$ONLY") ;;
-*) usage_err "--only must be loopback or netns" ;;
+"") PLACEMENTS=(loopback netns same-host) ;;
+loopback | netns | same-host) PLACEMENTS=("$ONLY") ;;
+*) usage_err "--only must be loopback, netns or same-host" ;;
 esac
 
 # Targets: direct is always first (the reference); the rest in canonical order.
@@ -236,7 +239,7 @@ TARGET_HOST=""
 
 enter_placement() {
 	PLACEMENT=$1
-	if [ "$PLACEMENT" = loopback ]; then
+	if [ "$PLACEMENT" != netns ]; then
 		SRV_EXEC=()
 		CLI_EXEC=()
 		LISTEN_ADDR=127.0.0.1
@@ -357,10 +360,14 @@ start_target() { # target -> 0 if listening
 			rm -rf "$PIN_DIR"
 		fi
 		PIN_USED=1
+		# the loopback client stands for any client: only the same-host
+		# placement has pathsplice accelerate its sockets
+		local callers=on
+		[ "$PLACEMENT" = loopback ] && callers=off
 		# shellcheck disable=SC2086 # PATHSPLICE_ARGS is a list of words
 		start_server pathsplice "$PS_BIN" run --listen "$LISTEN_ADDR:$port" \
 			--registry "$d/registry.json" --host bench --pin-dir "$PIN_DIR" \
-			${PATHSPLICE_ARGS:-}
+			--direct-callers "$callers" ${PATHSPLICE_ARGS:-}
 		;;
 	esac
 	TPID[$t]=$LAST_PID
@@ -694,7 +701,9 @@ print_table() { # placement
 	local pl=$1 t m v d h row label cells
 	echo
 	if [ "$pl" = loopback ]; then
-		echo "### client placement: loopback (wrk in the root namespace → 127.0.0.1)"
+		echo "### client placement: loopback (wrk in the root namespace → 127.0.0.1; pathsplice --direct-callers off)"
+	elif [ "$pl" = same-host ]; then
+		echo "### client placement: same-host caller (wrk in the root namespace → 127.0.0.1; pathsplice accelerates its sockets)"
 	else
 		echo "### client placement: netns (wrk in $NS_CLI → veth → servers in $NS_SRV)"
 	fi

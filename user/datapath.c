@@ -10,6 +10,7 @@
 #include <linux/magic.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -197,9 +198,12 @@ static void attach_direct(struct datapath *dp)
 		pr_warn("no cgroup v2 hierarchy mounted: direct responses are off");
 		return;
 	}
+	/* the programs come with the maps: attached before sockops inserts */
 	if (bpf_prog_attach(bpf_program__fd(skel->progs.ps_response),
-			    bpf_map__fd(skel->maps.backends), BPF_SK_MSG_VERDICT, 0)) {
-		pr_warn("cannot attach the response program: %s; direct responses are off",
+			    bpf_map__fd(skel->maps.backends), BPF_SK_MSG_VERDICT, 0) ||
+	    bpf_prog_attach(bpf_program__fd(skel->progs.ps_request),
+			    bpf_map__fd(skel->maps.callers), BPF_SK_MSG_VERDICT, 0)) {
+		pr_warn("cannot attach the sk_msg programs: %s; direct responses are off",
 			strerror(errno));
 		return;
 	}
@@ -348,6 +352,8 @@ void datapath_close(struct datapath *dp)
 		dp->direct = false;
 		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_response),
 				 bpf_map__fd(dp->skel->maps.backends), BPF_SK_MSG_VERDICT);
+		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_request),
+				 bpf_map__fd(dp->skel->maps.callers), BPF_SK_MSG_VERDICT);
 		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_verdict), dp->sockets_fd,
 				 BPF_SK_SKB_STREAM_VERDICT);
 		splice_bpf__destroy(dp->skel);
@@ -379,6 +385,30 @@ int datapath_slot_alloc(struct datapath *dp)
 void datapath_slot_free(struct datapath *dp, int slot)
 {
 	dp->free_slots[dp->n_free++] = slot;
+}
+
+/* sockops takes a connection to this address from this network namespace
+ * as a same-host caller's. */
+void datapath_listener(struct datapath *dp, int fd)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	struct ps_listen key = { 0 };
+	__u64 netns;
+	socklen_t nlen = sizeof(netns);
+
+	if (!dp->direct)
+		return;
+	if (getsockname(fd, (struct sockaddr *)&sin, &len) ||
+	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen) ||
+	    (key.ip = sin.sin_addr.s_addr, key.port = ntohs(sin.sin_port),
+	     bpf_map_update_elem(bpf_map__fd(dp->skel->maps.listeners), &key, &netns, BPF_ANY))) {
+		pr_warn("cannot register the listener for same-host callers: %s", strerror(errno));
+		return;
+	}
+	dp->callers = true;
+	pr_debug("same-host callers of %s:%u go straight to the instances",
+		 inet_ntoa(sin.sin_addr), key.port);
 }
 
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie)

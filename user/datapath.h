@@ -19,6 +19,7 @@ struct datapath_opts {
 	uint32_t max_conns;		/* spliced sockets */
 	uint64_t fc_limit;		/* bytes queued for a peer before hand-back */
 	bool direct;			/* direct responses from same-host backends */
+	bool callers;			/* ... and same-host callers straight to them */
 	/* called once the object is loaded, before the pin dir is locked and
 	 * pinned (an upgrade takes over from the running daemon there) */
 	int (*before_pin)(void *arg);
@@ -35,6 +36,7 @@ struct datapath {
 	int prog_fd;			/* the stream verdict */
 	struct bpf_link *sockops_link;	/* direct responses: on the cgroup root */
 	bool direct;			/* ... and attached */
+	bool callers;			/* same-host callers taken */
 	struct ps_conn *conns;		/* mmapped `conns` */
 	struct ps_instance *instances;	/* mmapped `instances` */
 	__u64 *rr;			/* mmapped `rr` */
@@ -75,6 +77,9 @@ static inline struct ps_conn *datapath_conn(struct datapath *dp, int slot)
 /* Index a socket's cookie under `slot` (before it connects, so that sockops
  * can find the backend's end of a direct-response connection). */
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie);
+
+/* Take same-host callers of this listening socket (direct path only). */
+void datapath_listener(struct datapath *dp, int fd);
 
 /* Put a socket in the sockhash under `slot` (indexing it first unless
  * *cookie is already set). Fails with -EOPNOTSUPP for a socket that is no

@@ -173,6 +173,10 @@ static void usage_run(FILE *f)
 		"  --direct on|off         same-host instances: their sendmsg writes responses\n"
 		"                          into the client socket, and requests without a body\n"
 		"                          go into theirs (sockops on the cgroup v2 root; on)\n"
+		"  --direct-callers on|off same-host callers (processes in this network\n"
+		"                          namespace): requests go from their sendmsg into the\n"
+		"                          instance's socket, responses into theirs, with no\n"
+		"                          TCP in between (needs --direct on; on)\n"
 		"\n"
 		"  -v, --verbose           more logging (twice: debug, with libbpf's log)\n"
 		"  -q, --quiet             warnings and errors only\n"
@@ -349,7 +353,7 @@ static int cmd_run(int argc, char **argv)
 	enum { O_LISTEN = 256, O_REGISTRY, O_HOST, O_PIN_DIR, O_MAX_HEAD, O_HEAD_TIMEOUT,
 	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT, O_POLL_INTERVAL,
 	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE, O_ADMIN,
-	       O_DIRECT };
+	       O_DIRECT, O_DIRECT_CALLERS };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "registry", required_argument, NULL, O_REGISTRY },
@@ -369,6 +373,7 @@ static int cmd_run(int argc, char **argv)
 		{ "rise", required_argument, NULL, O_RISE },
 		{ "admin", required_argument, NULL, O_ADMIN },
 		{ "direct", required_argument, NULL, O_DIRECT },
+		{ "direct-callers", required_argument, NULL, O_DIRECT_CALLERS },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -388,6 +393,7 @@ static int cmd_run(int argc, char **argv)
 		.max_conns = PS_DEFAULT_MAX_CONNS,
 		.fc_limit = 1 << 20,
 		.direct = true,
+		.callers = true,
 	};
 	const char *registry = DEFAULT_REGISTRY, *listen_s = DEFAULT_LISTEN;
 	const char *admin_s = ADMIN_DEFAULT_ADDR;
@@ -483,6 +489,13 @@ static int cmd_run(int argc, char **argv)
 			}
 			dopts.direct = strcmp(optarg, "on") == 0;
 			break;
+		case O_DIRECT_CALLERS:
+			if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+				fprintf(stderr, "pathsplice: --direct-callers: expected on or off\n");
+				return 2;
+			}
+			dopts.callers = strcmp(optarg, "on") == 0;
+			break;
 		case O_FALL:
 		case O_RISE:
 			if (parse_u64(optarg, 1, 100, &v)) {
@@ -556,6 +569,8 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	px = proxy_new(&po, &dp, &router);
 	if (px) {
+		if (dopts.callers)
+			datapath_listener(&dp, proxy_listen_fd(px));
 		proxy_set_health(px, health);
 		if (proxy_add_hook(px, health_fd(health), health_run, health))
 			goto out;

@@ -79,7 +79,6 @@ struct dir {
 	struct endpoint *src, *dst;
 	uint64_t consumed;	/* bytes read from src since it entered the map */
 	uint32_t handbacks;	/* last hand-back taken into account */
-	uint64_t fwd_retired;	/* kernel bytes forwarded to earlier backends */
 	uint64_t armed_at;	/* consumed + 1 when armed */
 	uint8_t *buf;		/* [w, p) framed, not written; [p, e) not framed */
 	uint32_t w, p, e;
@@ -1053,7 +1052,7 @@ static void dir_try_finish(struct dir *d)
 		 * and every byte the verdict redirected has entered dst */
 		complete = !sock_received(d->src->fd, &rcvd, &st) &&
 			   (st == TCP_CLOSE ||
-			    rcvd + pc->direct == pc->passed + pc->fwd + d->fwd_retired + 1);
+			    rcvd + pc->direct == pc->passed + pc->fwd + pc->fwd_retired + 1);
 		if (!complete || !ep_drained(c, d->dst)) {
 			poll_later(c);
 			return;
@@ -1129,11 +1128,12 @@ static void try_unblock(struct conn *c)
 	if (c->be.fd >= 0) {
 		if (dir_kernel_owned(resp))
 			splice_take(c->be.pc);
-		c->cli.pc->out_base += c->be.pc->fwd;
+		/* what it put into the client socket (not into the caller's) */
+		c->cli.pc->out_base += c->be.pc->fwd - c->be.pc->ingress;
 		ep_release(px, &c->be);
 	}
 	/* counters of the client slot are relative to its current backend */
-	req->fwd_retired += c->cli.pc->fwd;
+	c->cli.pc->fwd_retired += c->cli.pc->fwd;
 	c->cli.pc->fwd = 0;
 	c->cli.pc->ingress = 0;
 	c->cli.pc->ingress_upto = 0;

@@ -41,6 +41,8 @@ enum {
 	C_TO_BACKEND_DIRECT,
 	C_TO_CLIENT,
 	C_TO_CLIENT_DIRECT,
+	C_FROM_CALLER,
+	C_TO_CALLER,
 	C_RETRIES,
 	C_TRANSITIONS,
 	C_PASSIVE_DOWNS,
@@ -57,6 +59,8 @@ static const char *const counter_key[C_MAX] = {
 	[C_TO_BACKEND_DIRECT] = "bytes_to_backend_direct",
 	[C_TO_CLIENT] = "bytes_to_client",
 	[C_TO_CLIENT_DIRECT] = "bytes_to_client_direct",
+	[C_FROM_CALLER] = "bytes_from_caller_direct",
+	[C_TO_CALLER] = "bytes_to_caller_direct",
 	[C_RETRIES] = "retries",
 	[C_TRANSITIONS] = "health_transitions",
 	[C_PASSIVE_DOWNS] = "passive_downs",
@@ -295,6 +299,8 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 		k.resp_bytes += s->resp_bytes;
 		k.direct_bytes += s->direct_bytes;
 		k.direct_req_bytes += s->direct_req_bytes;
+		k.caller_req_bytes += s->caller_req_bytes;
+		k.caller_resp_bytes += s->caller_resp_bytes;
 		k.requests += s->requests;
 		k.handbacks += s->handbacks;
 	}
@@ -306,6 +312,8 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 	out->v[C_TO_CLIENT] = k.resp_bytes + pi->user_resp_bytes;
 	out->v[C_TO_CLIENT_DIRECT] = k.direct_bytes;
 	out->v[C_TO_BACKEND_DIRECT] = k.direct_req_bytes;
+	out->v[C_FROM_CALLER] = k.caller_req_bytes;
+	out->v[C_TO_CALLER] = k.caller_resp_bytes;
 	out->v[C_RETRIES] = pi->connect_failures;
 	out->v[C_TRANSITIONS] = pi->transitions;
 	out->v[C_PASSIVE_DOWNS] = pi->passive_downs;
@@ -629,6 +637,12 @@ static const struct {
 	  "Bytes sent from the instance to clients." },
 	{ "pathsplice_instance_response_bytes_direct_total", "counter", "bytes_to_client_direct",
 	  "Of the bytes sent to clients, those the instance wrote straight into the client socket." },
+	{ "pathsplice_instance_caller_request_bytes_direct_total", "counter",
+	  "bytes_from_caller_direct",
+	  "Of the direct request bytes, those a same-host caller's sendmsg put into the instance's socket." },
+	{ "pathsplice_instance_caller_response_bytes_direct_total", "counter",
+	  "bytes_to_caller_direct",
+	  "Of the direct response bytes, those put straight into a same-host caller's socket." },
 	{ "pathsplice_instance_retries_total", "counter", "retries",
 	  "Connects to the instance that failed; the request moved to the next instance." },
 	{ "pathsplice_instance_health_transitions_total", "counter", "health_transitions",

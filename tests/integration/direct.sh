@@ -53,6 +53,56 @@ test_same_host_responses_go_straight_to_the_client() {
 	stop_pathsplice
 }
 
+# A same-host caller (ps-client here) sends its requests from its own sendmsg
+# into the instance's socket and gets the answers straight into its own.
+test_same_host_caller_skips_tcp_both_ways() {
+	direct_setup || return 1
+	local out n=$((4 << 20)) from to
+	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /svc/a /svc/b /svc/c /svc/d)
+	expect_eq "$(grep -c '^200 b1 b1 GET /svc/[a-d]$' <<<"$out")" 4 "keep-alive answers" || return 1
+	from=$(totals bytes_from_caller_direct)
+	to=$(totals bytes_to_caller_direct)
+	echo "    $from request bytes from the caller's sendmsg, $to response bytes into its socket"
+	# the first exchange precedes the splice; the other three go straight
+	[ "$from" -gt 0 ] && [ "$to" -gt 0 ] || { fail "caller bytes: $from from, $to to"; return 1; }
+	expect_eq "$(totals requests)" 4 "requests counted once" || return 1
+	# a large answer to a second request, into a 16 KiB receive buffer:
+	# straight while the caller keeps up, through TCP beyond, byte-exact
+	out=$("$TOOLS/ps-client" stall --first /svc/a --resume "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" 0)
+	expect_match "$out" "ok $n " "4 MiB after a first request, byte-exact" &&
+	out=$("$TOOLS/ps-client" stall --first /svc/a --resume --timeout 30 "127.0.0.1:$PS_PORT" \
+		"/svc/big?bytes=$((64 << 20))" 2)
+	expect_match "$out" "ok $((64 << 20)) " "64 MiB after a 2 s stall, byte-exact" &&
+	stop_pathsplice
+}
+
+# What is queued straight into a caller that does not read stays within its
+# receive buffer: the instance is held back as TCP would hold it.
+test_caller_that_does_not_read_holds_the_instance_back() {
+	direct_setup || return 1
+	local stats bytes
+	"$TOOLS/ps-client" stall --first /svc/a --rcvbuf 262144 --timeout 20 "127.0.0.1:$PS_PORT" \
+		"/svc/s?bytes=$((1 << 30))" 3 >/dev/null || { fail "stall client failed"; return 1; }
+	stats=$(curl -sS --max-time 5 "http://127.0.0.1:$BACKEND_PORT/x/__stats")
+	bytes=$(sed -n 's/.*bytes_out \([0-9]*\).*/\1/p' <<<"$stats")
+	echo "    instance wrote $((bytes >> 20)) MiB to a caller that did not read"
+	[ -n "$bytes" ] && [ "$bytes" -lt $((48 << 20)) ] ||
+		{ fail "instance could write $bytes bytes: queue unbounded"; return 1; }
+	[ "$(totals bytes_to_caller_direct)" -gt 0 ] || { fail "nothing went into the caller"; return 1; }
+	stop_pathsplice
+}
+
+test_direct_callers_off_keeps_callers_on_tcp() {
+	direct_setup --direct-callers off || return 1
+	local out
+	out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /svc/a /svc/b /svc/c)
+	expect_eq "$(grep -c '^200 b1' <<<"$out")" 3 "keep-alive answers" &&
+	expect_eq "$(totals bytes_from_caller_direct)" 0 "caller request bytes" &&
+	expect_eq "$(totals bytes_to_caller_direct)" 0 "caller response bytes" &&
+	expect_match "$(totals bytes_to_client_direct)" '^[1-9]' "instance responses still direct" &&
+	stop_pathsplice
+}
+
 test_direct_off_keeps_responses_on_the_proxy_socket() {
 	direct_setup --direct off || return 1
 	local out
@@ -60,6 +110,7 @@ test_direct_off_keeps_responses_on_the_proxy_socket() {
 	expect_eq "$(grep -c '^200 b1' <<<"$out")" 2 "keep-alive answers" &&
 	expect_eq "$(totals bytes_to_client_direct)" 0 "direct bytes with --direct off" &&
 	expect_eq "$(totals bytes_to_backend_direct)" 0 "direct request bytes with --direct off" &&
+	expect_eq "$(totals bytes_from_caller_direct)" 0 "caller bytes with --direct off" &&
 	expect_eq "$([ "$(totals bytes_to_client)" -gt 0 ] && echo yes)" yes "bytes to the client" &&
 	expect_eq "$(sockops_ids | wc -l)" 0 "sockops attached with --direct off" &&
 	stop_pathsplice

@@ -59,11 +59,14 @@ static struct {
 	bool shut;			/* raw --shut */
 	long idle_ms;			/* raw --idle MS */
 	bool resume;			/* stall --resume */
+	const char *first;		/* stall --first: a request before the stalled one */
+	int rcvbuf;			/* stall --rcvbuf: SO_RCVBUF */
 	uint64_t ws_binary;		/* ws --binary-bytes N */
 } g_opt = {
 	.timeout = 20,
 	.idle_ms = 2000,
 	.ws_binary = 1024 * 1024,
+	.rcvbuf = STALL_RCVBUF,
 };
 
 static const char *g_mode = "";
@@ -786,9 +789,21 @@ static int mode_stall(const char *addr, char **args, int nargs)
 
 	if (*end || !(seconds >= 0))
 		fail("bad SECONDS %s", args[1]);
-	client_connect(&c, addr, STALL_RCVBUF);
+	client_connect(&c, addr, g_opt.rcvbuf);
+	if (g_opt.first) {
+		/* the stalled request is then the second of a keep-alive connection */
+		struct response r0;
+		struct body_acc a0;
+
+		send_request(&c, "GET", g_opt.first, "");
+		read_response(&c, &r0, false, "first response");
+		acc_init(&a0, false);
+		read_body(&c, &r0, &a0, "first response body");
+		if (r0.status != 200)
+			fail("HTTP %d for the first request, want 200", r0.status);
+	}
 	send_request(&c, "GET", args[0], "");
-	c.read_limit = STALL_READ;
+	c.read_limit = c.bytes_read + STALL_READ;
 	snprintf(c.phase, sizeof(c.phase), "reading the first 1 KiB");
 	if (ps_in_need(&c.in, STALL_READ) <= 0)
 		fail_in(&c, "reading the first 1 KiB");
@@ -1221,7 +1236,7 @@ static void usage(FILE *f)
 		"                               \"sent LEN CRC32HEX\"; fails unless 2xx\n"
 		"  download HOST:PORT PATH BYTES  GET (PATH with ?bytes=BYTES), verify length\n"
 		"                               and pattern; prints \"ok BYTES CRC32HEX\"\n"
-		"  stall HOST:PORT PATH SECONDS  SO_RCVBUF 16 KiB, read 1 KiB, stop reading for\n"
+		"  stall HOST:PORT PATH SECONDS  SO_RCVBUF 16 KiB (--rcvbuf), read 1 KiB, stop reading for\n"
 		"                               SECONDS, print \"stalled\"; with --resume read\n"
 		"                               and verify the rest, print \"ok LEN CRC32HEX\"\n"
 		"  ws HOST:PORT PATH [MSG...]   WebSocket handshake (prints \"101 INSTANCE\"),\n"
@@ -1240,6 +1255,8 @@ static void usage(FILE *f)
 		"  --body-bytes N      halfclose: POST N pattern bytes before the shutdown\n"
 		"  --chunked           upload: send the body chunked\n"
 		"  --resume            stall: afterwards read and verify the whole body\n"
+		"  --first PATH        stall: GET PATH (read in full) on the connection first\n"
+		"  --rcvbuf BYTES      stall: SO_RCVBUF (default 16384)\n"
 		"  --binary-bytes N    ws: size of the binary frame (default 1048576, 0: none)\n"
 		"  --drip MS           raw: send one byte every MS milliseconds\n"
 		"  --shut              raw: shutdown(SHUT_WR) after sending\n"
@@ -1272,7 +1289,7 @@ static uint64_t parse_count(const char *opt, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_IDLE,
-	       O_RESUME, O_BINARY_BYTES };
+	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "header", required_argument, NULL, 'H' },
@@ -1283,6 +1300,8 @@ static void parse_options(int argc, char **argv)
 		{ "no-shut", no_argument, NULL, O_NO_SHUT },
 		{ "idle", required_argument, NULL, O_IDLE },
 		{ "resume", no_argument, NULL, O_RESUME },
+		{ "first", required_argument, NULL, O_FIRST },
+		{ "rcvbuf", required_argument, NULL, O_RCVBUF },
 		{ "binary-bytes", required_argument, NULL, O_BINARY_BYTES },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -1314,6 +1333,12 @@ static void parse_options(int argc, char **argv)
 		case O_NO_SHUT: g_opt.shut = false; break;
 		case O_IDLE: g_opt.idle_ms = (long)parse_count("--idle", optarg); break;
 		case O_RESUME: g_opt.resume = true; break;
+		case O_FIRST: g_opt.first = optarg; break;
+		case O_RCVBUF:
+			if (parse_count("--rcvbuf", optarg) > (64 << 20))
+				usage_error("--rcvbuf: at most %d", 64 << 20);
+			g_opt.rcvbuf = (int)parse_count("--rcvbuf", optarg);
+			break;
 		case O_BINARY_BYTES:
 			g_opt.ws_binary = parse_count("--binary-bytes", optarg);
 			if (g_opt.ws_binary > WS_MSG_MAX)

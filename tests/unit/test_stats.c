@@ -45,6 +45,7 @@ static json_t *counters(json_t *o, long long base)
 		"connections_active", "connections_total", "requests", "bytes_to_backend",
 		"bytes_to_client", "retries", "health_transitions", "passive_downs",
 		"checks_failed", "handbacks", "bytes_to_backend_direct", "bytes_to_client_direct",
+		"bytes_from_caller_direct", "bytes_to_caller_direct",
 	};
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
@@ -252,8 +253,8 @@ static void test_prometheus_text_is_strictly_valid(void **state)
 	json_t *doc = sample_doc(true);
 	char *text = render(doc);
 
-	/* 1 uptime + 2x2 service + 6 instances x (1 up + 3 state + 12 counters) */
-	assert_int_equal(check_exposition(text), 1 + 4 + 6 * 16);
+	/* 1 uptime + 2x2 service + 6 instances x (1 up + 3 state + 14 counters) */
+	assert_int_equal(check_exposition(text), 1 + 4 + 6 * 18);
 	free(text);
 	json_decref(doc);
 }
@@ -610,6 +611,8 @@ static void put_kernel_stats(struct stats_maps *m, __u32 slot, uint64_t requests
 		v[c].resp_bytes = 200;
 		v[c].direct_bytes = 150;
 		v[c].direct_req_bytes = 50;
+		v[c].caller_req_bytes = 30;
+		v[c].caller_resp_bytes = 70;
 		v[c].handbacks = 1;
 	}
 	assert_int_equal(bpf_map_update_elem(m->inst_stats_fd, &slot, v, 0), 0);
@@ -675,6 +678,8 @@ static void test_collect_from_maps(void **state)
 	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_to_client")), 200 * ncpu + 20);
 	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_to_client_direct")), 150 * ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_to_backend_direct")), 50 * ncpu);
+	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_from_caller_direct")), 30 * ncpu);
+	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_to_caller_direct")), 70 * ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "handbacks")), ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "retries")), 2);
 	inst = json_array_get(json_object_get(svc, "instances"), 1);
