@@ -326,6 +326,10 @@ int datapath_handover(struct datapath *dp)
 		return -1;
 	}
 	pr_info("pins moved to %s for the new daemon", old);
+	/* new callers are the new daemon's: its sockops must find them free */
+	if (dp->callers)
+		bpf_map_delete_elem(bpf_map__fd(dp->skel->maps.listeners), &dp->listen_key);
+	dp->callers = false;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", old);
 	if (dp->lock_fd >= 0)
 		close(dp->lock_fd);
@@ -392,23 +396,25 @@ void datapath_slot_free(struct datapath *dp, int slot)
 void datapath_listener(struct datapath *dp, int fd)
 {
 	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-	struct ps_listen key = { 0 };
+	socklen_t len = sizeof(sin), nlen = sizeof(__u64);
 	__u64 netns;
-	socklen_t nlen = sizeof(netns);
 
 	if (!dp->direct)
 		return;
 	if (getsockname(fd, (struct sockaddr *)&sin, &len) ||
-	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen) ||
-	    (key.ip = sin.sin_addr.s_addr, key.port = ntohs(sin.sin_port),
-	     bpf_map_update_elem(bpf_map__fd(dp->skel->maps.listeners), &key, &netns, BPF_ANY))) {
-		pr_warn("cannot register the listener for same-host callers: %s", strerror(errno));
+	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen)) {
+		pr_warn("same-host callers stay on TCP: %s", strerror(errno));
+		return;
+	}
+	dp->listen_key = (struct ps_listen){ .ip = sin.sin_addr.s_addr, .port = ntohs(sin.sin_port) };
+	if (bpf_map_update_elem(bpf_map__fd(dp->skel->maps.listeners), &dp->listen_key, &netns,
+				BPF_ANY)) {
+		pr_warn("same-host callers stay on TCP: %s", strerror(errno));
 		return;
 	}
 	dp->callers = true;
 	pr_debug("same-host callers of %s:%u go straight to the instances",
-		 inet_ntoa(sin.sin_addr), key.port);
+		 inet_ntoa(sin.sin_addr), dp->listen_key.port);
 }
 
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie)

@@ -36,7 +36,8 @@ struct datapath {
 	int prog_fd;			/* the stream verdict */
 	struct bpf_link *sockops_link;	/* direct responses: on the cgroup root */
 	bool direct;			/* ... and attached */
-	bool callers;			/* same-host callers taken */
+	bool callers;			/* same-host callers of listen_key taken */
+	struct ps_listen listen_key;
 	struct ps_conn *conns;		/* mmapped `conns` */
 	struct ps_instance *instances;	/* mmapped `instances` */
 	__u64 *rr;			/* mmapped `rr` */

@@ -261,6 +261,14 @@ static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	return 0;
 }
 
+static int parse_on_off(const char *s, bool *out)
+{
+	if (strcmp(s, "on") && strcmp(s, "off"))
+		return -1;
+	*out = strcmp(s, "on") == 0;
+	return 0;
+}
+
 static int set_host(char *host, size_t len, const char *arg)
 {
 	if (strlen(arg) >= len || !*arg) {
@@ -483,18 +491,11 @@ static int cmd_run(int argc, char **argv)
 			admin_s = optarg;
 			break;
 		case O_DIRECT:
-			if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
-				fprintf(stderr, "pathsplice: --direct: expected on or off\n");
-				return 2;
-			}
-			dopts.direct = strcmp(optarg, "on") == 0;
-			break;
 		case O_DIRECT_CALLERS:
-			if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
-				fprintf(stderr, "pathsplice: --direct-callers: expected on or off\n");
+			if (parse_on_off(optarg, opt == O_DIRECT ? &dopts.direct : &dopts.callers)) {
+				fprintf(stderr, "pathsplice: %s: expected on or off\n", argv[optind - 1]);
 				return 2;
 			}
-			dopts.callers = strcmp(optarg, "on") == 0;
 			break;
 		case O_FALL:
 		case O_RISE:

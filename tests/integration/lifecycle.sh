@@ -49,5 +49,8 @@ test_restart_after_crash_cleans_stale_pins() {
 test_help_and_usage_errors() {
 	expect_match "$("$PATHSPLICE" run --help)" '--listen ADDR:PORT' "run --help" &&
 	{ "$PATHSPLICE" run --listen nonsense >/dev/null 2>&1; expect_eq $? 2 "usage error exit"; } &&
+	expect_match "$("$PATHSPLICE" run --direct-callers maybe 2>&1)" \
+		'^pathsplice: --direct-callers: expected on or off$' "on/off message" &&
+	{ "$PATHSPLICE" run --direct maybe >/dev/null 2>&1; expect_eq $? 2 "--direct usage error exit"; } &&
 	{ "$PATHSPLICE" frobnicate >/dev/null 2>&1; expect_eq $? 2 "unknown command exit"; }
 }
