@@ -424,9 +424,9 @@ static int cmd_run(int argc, char **argv)
 	bool have_table;
 	struct sigaction sa = { .sa_handler = on_signal };
 	uint64_t v;
-	int opt, ret = 1;
+	int opt, li = 0, ret = 1;
 
-	while ((opt = getopt_long(argc, argv, "vqh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "vqh", longopts, &li)) != -1) {
 		switch (opt) {
 		case O_LISTEN:
 			listen_s = optarg;
@@ -467,8 +467,8 @@ static int cmd_run(int argc, char **argv)
 					opt == O_CHECK_TIMEOUT ? &hopts.timeout_ms : &drain_ms;
 
 			if (parse_duration(optarg, dst) || *dst == 0) {
-				fprintf(stderr, "pathsplice: %s: expected a duration like 10s or 500ms\n",
-					argv[optind - 1]);
+				fprintf(stderr, "pathsplice: --%s: expected a duration like 10s or 500ms\n",
+					longopts[li].name);
 				return 2;
 			}
 			break;
@@ -493,14 +493,14 @@ static int cmd_run(int argc, char **argv)
 		case O_DIRECT:
 		case O_DIRECT_CALLERS:
 			if (parse_on_off(optarg, opt == O_DIRECT ? &dopts.direct : &dopts.callers)) {
-				fprintf(stderr, "pathsplice: %s: expected on or off\n", argv[optind - 1]);
+				fprintf(stderr, "pathsplice: --%s: expected on or off\n", longopts[li].name);
 				return 2;
 			}
 			break;
 		case O_FALL:
 		case O_RISE:
 			if (parse_u64(optarg, 1, 100, &v)) {
-				fprintf(stderr, "pathsplice: %s: expected 1..100\n", argv[optind - 1]);
+				fprintf(stderr, "pathsplice: --%s: expected 1..100\n", longopts[li].name);
 				return 2;
 			}
 			*(opt == O_FALL ? &hopts.fall : &hopts.rise) = v;
