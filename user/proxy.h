@@ -32,6 +32,7 @@ struct proxy_stats {
 	uint64_t accepted;
 	uint64_t spliced;		/* connections whose sockets entered the sockhash */
 	uint64_t relayed;		/* connections relayed in userspace only (e.g. half-closed) */
+	uint64_t reused;		/* one-shot requests sent on a kept instance connection */
 	uint64_t handbacks;
 	uint64_t reroutes;		/* keep-alive connections moved to another service */
 	uint64_t errors[6];		/* 400, 404, 408, 431, 503, other */

@@ -157,6 +157,7 @@ struct query {
 	bool echo;		/* echo=1 */
 	bool sink;		/* sink=1 */
 	bool close;		/* close=1 */
+	bool fresh;		/* fresh=1 */
 	int status;		/* status=N, default 200 */
 	uint64_t sleep_ms;	/* sleep_ms=N */
 	bool stats;		/* path ends in /__stats */
@@ -179,6 +180,7 @@ struct conn {
 	struct out out;
 	uint8_t inbuf[IO_SIZE];
 	uint8_t scratch[IO_SIZE];	/* generated body pieces before chunking */
+	unsigned served;		/* requests so far on this connection */
 };
 
 /* How a response body is delimited. */
@@ -278,6 +280,9 @@ static const char *query_param(struct query *q, const char *k, size_t kn, const 
 	} else if (ps_str_ieq(k, kn, "close")) {
 		if (!query_flag(v, vn, &q->close))
 			return "bad close= value (0 or 1)";
+	} else if (ps_str_ieq(k, kn, "fresh")) {
+		if (!query_flag(v, vn, &q->fresh))
+			return "bad fresh= value (0 or 1)";
 	} else if (ps_str_ieq(k, kn, "status")) {
 		/* 1xx would not end the exchange; 101 belongs to the upgrade. */
 		if (!ps_parse_dec(v, vn, 599, &num) || num < 200)
@@ -713,6 +718,7 @@ static bool serve_request(struct conn *c, const struct ps_head *h)
 	bool ok;
 
 	atomic_fetch_add(&g_stats.requests, 1);
+	c->served++;
 	if (h->upgrade_websocket && h->conn_upgrade) {
 		serve_websocket(c, h);
 		return false;
@@ -721,6 +727,8 @@ static bool serve_request(struct conn *c, const struct ps_head *h)
 		respond_error(c, 400, err);
 		return false;
 	}
+	if (r->q.fresh && c->served > 1)
+		return false;	/* as if an idle timeout struck just as it came */
 	if (r->q.close)
 		r->keep_alive = false;
 	if (r->q.sleep_ms)
@@ -820,6 +828,7 @@ static void start_connection(int fd)
 		return;
 	}
 	c->fd = fd;
+	c->served = 0;
 	c->out.fd = fd;
 	c->out.failed = false;
 	c->out.len = 0;
@@ -919,6 +928,8 @@ static void usage(FILE *f)
 		"  status=N     answer with status N (200-599); 204 and 304 have no body\n"
 		"  sleep_ms=N   wait N ms before answering\n"
 		"  close=1      Connection: close, then close\n"
+		"  fresh=1      answered only as a connection's first request; later ones\n"
+		"               close the connection unanswered\n"
 		"Paths ending in /__stats answer \"requests R bytes_out B conns C\\n\".\n"
 		"A GET with Upgrade: websocket gets 101 and echoes every frame.\n"
 		"\n"
