@@ -809,6 +809,20 @@ int ps_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/*
+ * On the instances' sockets: every segment arriving through TCP goes to the
+ * socket's own psock queue, where the requests put straight into it go too.
+ * An instance socket in a sockhash reports only that queue to FIONREAD
+ * (tcp_bpf), and nginx stops reading a body when FIONREAD says 0: bytes
+ * left in the TCP queue would never be read. A FIN is empty: it is dropped
+ * here, and the socket's state says end of stream.
+ */
+SEC("sk_skb/stream_verdict")
+int ps_instance_rx(struct __sk_buff *skb)
+{
+	return skb->len ? SK_PASS : SK_DROP;
+}
+
 /* May `len` bytes go straight into the client socket now? Only if nothing
  * forwarded earlier is still on its way there and it has ample room, so the
  * push can neither overtake bytes nor come up short. The sk_msg program

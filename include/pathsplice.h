@@ -158,8 +158,9 @@ enum ps_handback {
  * Direct requests: the client verdict redirects a segment of whole requests
  * without a body into the instance's socket (BPF_F_INGRESS) when the TCP
  * connection to it is empty (every byte sent that way read by the instance)
- * and the instance's receive buffer has room. The instance reads that queue
- * before its TCP one, so the TCP connection is used again only once every
+ * and the instance's receive buffer has room. Bytes that arrive over TCP join
+ * the same queue (ps_rx), but a redirected segment travels on a kernel
+ * worker's queue first, so the TCP connection is used again only once every
  * request sent straight has been answered (ingress_upto against the backend
  * side's msgs): until then a segment that must take it is handed back
  * (PS_HB_ORDER) and userspace waits for the answers before relaying it.

@@ -20,7 +20,7 @@ PS_BIN=${PATHSPLICE_BIN:-$ROOT/build/pathsplice}
 PIN_DIR=/sys/fs/bpf/psb-bench
 
 ALL_TARGETS=(direct haproxy nginx-proxy pathsplice)
-MEASURES=(ka c1 bulk close)
+MEASURES=(ka c1 bulk upload close)
 
 # ---- defaults / options ---------------------------------------------------------
 DURATION=5
@@ -51,8 +51,9 @@ Options:
   -h, --help        this help
 
 Rows: keep-alive small responses c50 (req/s), c1 latency p50/p99 (ms), 1 MiB
-responses c8 (MiB/s), Connection: close c50 (req/s), whole-machine CPU seconds
-per million requests during the keep-alive row.
+responses c8 (MiB/s), 64 MiB uploads c4 (MiB/s), Connection: close c50
+(req/s), whole-machine CPU seconds per million requests during the keep-alive
+row.
 
 PATHSPLICE_ARGS adds arguments to \`pathsplice run\` (e.g. --flow-limit 4194304).
 
@@ -219,7 +220,10 @@ exec 9<"$0"
 flock -n 9 || die "another scripts/bench.sh run is active"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-TMP=$(mktemp -d /tmp/psb-bench.XXXXXX)
+# tmpfs when there is one: the upload row stores bodies, and must not measure a disk
+TMP_BASE=/tmp
+[ -d /dev/shm ] && [ -w /dev/shm ] && TMP_BASE=/dev/shm
+TMP=$(mktemp -d "$TMP_BASE/psb-bench.XXXXXX")
 chmod 755 "$TMP" # nginx workers run as nobody and must read the www dir
 OUT_DIR=${OUT_DIR:-$OUT_BASE/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR/wrk" "$OUT_DIR/conf"
@@ -322,6 +326,7 @@ start_backends() {
 	head -c 1048576 /dev/urandom >"$d/www/service1/1m.bin"
 	cp "$d/www/service1/1m.bin" "$d/www/service2/1m.bin"
 	chmod -R a+rX "$TMP"
+	chmod a+w "$d/www/service1" # the upload row's PUTs, by the workers (nobody)
 	render backend.nginx.conf.in "$d/backend.conf" "DIR=$d" "ADDR=$LISTEN_ADDR" "P1=$P1" "P2=$P2" "PAD=$PAD"
 	start_server backend nginx -p "$d" -c "$d/backend.conf" -e "$d/backend-error.log" -g 'daemon off;'
 	TPID[direct]=$LAST_PID
@@ -476,6 +481,7 @@ wrk_args() { # measure duration url
 	ka) echo "-t2 -c50 -d$d --latency $u/service1/" ;;
 	c1) echo "-t1 -c1 -d$d --latency $u/service1/" ;;
 	bulk) echo "-t2 -c8 -d$d --latency $u/service1/1m.bin" ;;
+	upload) echo "-t2 -c4 -d$d --latency -s $TPL/upload.lua $u/service1/upload" ;;
 	close) echo "-t2 -c50 -d$d --latency $u/service1/" ;; # + Connection: close
 	esac
 }
@@ -615,6 +621,11 @@ measure() { # target measure
 		record "$t" bulk "$mb" "$req" "$err" "$non2xx" "$f"
 		log "$(printf '%-8s rep %d  %-11s 1 MiB c8: %8.1f MiB/s' "$PLACEMENT" "$REP" "$t" "$mb")"
 		;;
+	upload)
+		v=$(awk -v r="$rps" 'BEGIN { printf "%.1f", r * 64 }')
+		record "$t" upload "$v" "$req" "$err" "$non2xx" "$f"
+		log "$(printf '%-8s rep %d  %-11s 64 MiB up c4: %8.1f MiB/s' "$PLACEMENT" "$REP" "$t" "$v")"
+		;;
 	close)
 		record "$t" close "$rps" "$req" "$err" "$non2xx" "$f"
 		log "$(printf '%-8s rep %d  %-11s conn-close c50: %10.0f req/s' "$PLACEMENT" "$REP" "$t" "$rps")"
@@ -675,7 +686,7 @@ fmt() { # measure value
 	case $1 in
 	ka | close) printf '%.0f' "$2" ;;
 	c1_p50 | c1_p99) printf '%.3f' "$2" ;;
-	bulk) printf '%.1f' "$2" ;;
+	bulk | upload) printf '%.1f' "$2" ;;
 	cpu) printf '%.2f' "$2" ;;
 	esac
 }
@@ -714,12 +725,13 @@ print_table() { # placement
 	row="|---|"
 	for t in "${TARGETS[@]}"; do row+="---|"; done
 	echo "$row"
-	for m in ka c1_p50 c1_p99 bulk close cpu; do
+	for m in ka c1_p50 c1_p99 bulk upload close cpu; do
 		case $m in
 		ka) label="keep-alive c50, req/s" ;;
 		c1_p50) label="c1 latency p50, ms" ;;
 		c1_p99) label="c1 latency p99, ms" ;;
 		bulk) label="1 MiB c8, MiB/s" ;;
+		upload) label="64 MiB uploads c4, MiB/s" ;;
 		close) label="Connection: close c50, req/s" ;;
 		cpu) label="CPU s / 1M req (keep-alive, whole machine)" ;;
 		esac
@@ -775,7 +787,7 @@ status=0
 for pl in "${PLACEMENTS[@]}"; do
 	for t in "${TARGETS[@]}"; do
 		[ -n "${REQUIRED[$t]:-}" ] || continue
-		for m in ka c1_p50 bulk close; do
+		for m in ka c1_p50 bulk upload close; do
 			if [ -z "${VALS["$pl|$t|$m"]:-}" ]; then
 				log "required target $t produced no numbers for $m ($pl)"
 				status=1

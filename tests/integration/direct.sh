@@ -143,7 +143,8 @@ test_sockops_is_attached_at_the_cgroup_root_and_detached_at_exit() {
 start_nginx_backend() {
 	local port=$1 dir=$T_DIR/nginx
 	mkdir -p "$dir/www/svc" "$dir/tmp"
-	chmod 755 "$T_DIR" "$dir" "$dir/www" "$dir/www/svc"
+	chmod 755 "$T_DIR" "$dir" "$dir/www"
+	chmod 777 "$dir/www/svc" "$dir/tmp" # PUTs, by the workers
 	curl -sS --max-time 20 -o "$dir/www/svc/big" "http://127.0.0.1:$BACKEND_PORT/x?bytes=$((64 << 20))" ||
 		return 1
 	chmod 644 "$dir/www/svc/big"
@@ -164,6 +165,7 @@ start_nginx_backend() {
 		        listen 127.0.0.1:$port;
 		        root $dir/www;
 		        location = /svc/small { return 200 "small\n"; }
+		        location = /svc/up { client_max_body_size 0; dav_methods PUT; }
 		    }
 		}
 	EOT
@@ -196,6 +198,21 @@ test_nonblocking_backend_serves_a_client_that_stalls_then_reads_on() {
 	out=$("$TOOLS/ps-client" download "127.0.0.1:$PS_PORT" "/svc/big?bytes=$n" "$n") &&
 	expect_match "$out" "^ok $n " "64 MiB at full speed" || return 1
 	echo "    $(totals bytes_to_client_direct) of $(totals bytes_to_client) bytes direct"
+	stop_pathsplice
+}
+
+# nginx reads a request body only as far as FIONREAD says, and an instance
+# socket in a sockhash reports only its psock queue there: every byte that
+# comes through TCP must land in that queue too, or the upload stalls.
+test_nginx_instance_reads_a_large_upload() {
+	local out
+	nginx_setup || return 1
+	head -c $((16 << 20)) /dev/urandom >"$T_DIR/up.bin"
+	out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -T "$T_DIR/up.bin" "$(url /svc/up)")
+	expect_match "$out" '^20[14]$' "PUT of 16 MiB answered" &&
+	expect_eq "$(md5sum <"$T_DIR/nginx/www/svc/up")" "$(md5sum <"$T_DIR/up.bin")" "stored bytes" &&
+	out=$(curl -sS --max-time 10 "$(url /svc/small)" "$(url /svc/small)") &&
+	expect_eq "$out" "$(printf 'small\nsmall')" "answers after it" &&
 	stop_pathsplice
 }
 
