@@ -201,7 +201,7 @@ static void attach_direct(struct datapath *dp)
 	/* the programs come with the maps: attached before sockops inserts */
 	if (bpf_prog_attach(bpf_program__fd(skel->progs.ps_response),
 			    bpf_map__fd(skel->maps.backends), BPF_SK_MSG_VERDICT, 0) ||
-	    bpf_prog_attach(bpf_program__fd(skel->progs.ps_instance_rx),
+	    bpf_prog_attach(bpf_program__fd(skel->progs.ps_rx),
 			    bpf_map__fd(skel->maps.backends), BPF_SK_SKB_STREAM_VERDICT, 0) ||
 	    bpf_prog_attach(bpf_program__fd(skel->progs.ps_request),
 			    bpf_map__fd(skel->maps.callers), BPF_SK_MSG_VERDICT, 0)) {
@@ -360,7 +360,7 @@ void datapath_close(struct datapath *dp)
 				 bpf_map__fd(dp->skel->maps.backends), BPF_SK_MSG_VERDICT);
 		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_request),
 				 bpf_map__fd(dp->skel->maps.callers), BPF_SK_MSG_VERDICT);
-		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_instance_rx),
+		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_rx),
 				 bpf_map__fd(dp->skel->maps.backends), BPF_SK_SKB_STREAM_VERDICT);
 		bpf_prog_detach2(bpf_program__fd(dp->skel->progs.ps_verdict), dp->sockets_fd,
 				 BPF_SK_SKB_STREAM_VERDICT);
