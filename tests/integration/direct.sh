@@ -242,7 +242,7 @@ test_clients_leaving_mid_response_leave_no_connection_behind() {
 	local i open pids=()
 	nginx_setup || return 1
 	for ((i = 0; i < 8; i++)); do
-		curl -s --max-time 0.1 -o /dev/null "$(url /svc/big)" "$(url /svc/big)" &
+		curl -s --max-time 0.1 "$(url /svc/big)" "$(url /svc/big)" >/dev/null &
 		pids+=($!)
 	done
 	wait "${pids[@]}"
