@@ -862,6 +862,20 @@ static __always_inline int caller_ready(struct ps_conn *c, struct ps_conn *p, __
 	       c->ingress + len <= READ_ONCE(p->caller_room_end);
 }
 
+/* An sk_msg program sent len framed bytes straight on: the walk's state
+ * becomes the connection's. Returns the messages the bytes completed. */
+static __always_inline __u32 commit_direct(struct ps_conn *c, struct walk *w, __u32 len)
+{
+	__u32 n = w->msgs - c->msgs;
+
+	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
+	c->msgs = w->msgs;
+	c->head_bits = w->head_bits;
+	c->fwd += len;
+	c->direct += len;
+	return n;
+}
+
 /* In the backend's sendmsg: a response straight to the client, or through
  * the TCP connection to the proxy's socket as usual. */
 SEC("sk_msg")
@@ -923,12 +937,7 @@ int ps_response(struct sk_msg_md *msg)
 		ret = bpf_msg_redirect_hash(msg, &sockets, &peer, 0);
 	if (ret != SK_PASS)
 		goto leg;	/* the client left since the last look */
-	responses = w->msgs - c->msgs;
-	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
-	c->msgs = w->msgs;
-	c->head_bits = w->head_bits;
-	c->fwd += len;
-	c->direct += len;
+	responses = commit_direct(c, w, len);
 	if (caller)
 		c->ingress += len;
 	inst = c->inst;
@@ -1041,13 +1050,8 @@ int ps_request(struct sk_msg_md *msg)
 	if (bpf_msg_redirect_hash(msg, &backends, &cookie, BPF_F_INGRESS) != SK_PASS)
 		goto leg;
 	/* published before the instance can possibly answer */
-	requests = w->msgs - c->msgs;
-	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
-	c->msgs = w->msgs;
-	c->head_bits = w->head_bits;
-	c->fwd += len;
+	requests = commit_direct(c, w, len);
 	c->ingress += len;
-	c->direct += len;
 	inst = c->inst;
 	st = bpf_map_lookup_elem(&inst_stats, &inst);
 	if (st) {
