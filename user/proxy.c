@@ -784,9 +784,11 @@ static void head_try(struct conn *c)
 	 * splice (sockhash inserts, verdict runs, removal) for it. */
 	c->one_shot = (flags & PS_FF_CONN_CLOSE) ||
 		      ((flags & PS_FF_HTTP10) && !(flags & PS_FF_CONN_KEEP));
-	/* and an HTTP/1.1 one without a body needs no connection of its own */
+	/* and an HTTP/1.1 GET or HEAD needs no connection of its own: only
+	 * those may be sent again if a kept connection turns out closed */
 	c->keep = px->pool && (flags & PS_FF_CONN_CLOSE) && !body &&
-		  !(flags & (PS_FF_HTTP10 | PS_FF_UPGRADE | PS_FF_CONN_UPGRADE));
+		  !(flags & (PS_FF_HTTP10 | PS_FF_UPGRADE | PS_FF_CONN_UPGRADE)) &&
+		  ((flags & PS_FF_HEAD) || (n >= 4 && !memcmp(px->peek, "GET ", 4)));
 	connect_next(c);
 }
 

@@ -5,7 +5,7 @@
  * A client that says `Connection: close` gets one exchange, which is relayed
  * in userspace (a splice costs more than it saves). Opening and closing a TCP
  * connection to the instance for each such request costs the daemon more
- * than the relay itself, so a body-free HTTP/1.1 one-shot request goes over
+ * than the relay itself, so an HTTP/1.1 one-shot GET or HEAD goes over
  * an idle connection kept from an earlier one: its `close` token is blanked
  * out so that the instance keeps the connection open, the response tells the
  * client `Connection: close`, and once the response is complete the instance

@@ -1,4 +1,4 @@
-# One-shot requests (HTTP/1.1, Connection: close, no body) go over instance
+# One-shot requests (HTTP/1.1 GET or HEAD, Connection: close) go over instance
 # connections kept from earlier ones: the instance is not told to close, the
 # client is, and the instance connection goes back to the pool.
 
@@ -37,11 +37,15 @@ test_one_shot_requests_reuse_instance_connections() {
 	expect_match "$hdrs" $'\nConnection: close' "Connection: close to the client" &&
 	expect_match "$("$TOOLS/ps-client" halfclose "127.0.0.1:$PS_PORT" /svc/hc)" '^200 ' \
 		"a client that half-closes after its request" &&
-	# a body, HTTP/1.0 or a keep-alive client: a connection of their own
+	# other methods (not safe to send twice), HTTP/1.0: a connection of their own
 	expect_match "$(curl -sS --max-time 5 -H 'Connection: close' -d x=1 "$(url /svc/p)")" \
 		'^b1 POST /svc/p$' "POST with Connection: close" &&
+	expect_match "$(curl -sS --max-time 5 -H 'Connection: close' -X DELETE "$(url /svc/d)")" \
+		'^b1 DELETE /svc/d$' "DELETE with Connection: close" &&
+	expect_eq "$(curl -sS --max-time 5 -H 'Connection: close' -I -o /dev/null -w '%{http_code}' \
+		"$(url /svc/head)")" 200 "HEAD with Connection: close" &&
 	expect_match "$(curl -sS --max-time 5 -0 "$(url /svc/old)")" '^b1 GET /svc/old$' "HTTP/1.0" &&
-	expect_eq "$(reused)" 21 "the POST and the HTTP/1.0 request took their own" &&
+	expect_eq "$(reused)" 22 "only GET and HEAD reused a connection" &&
 	stop_pathsplice
 }
 
