@@ -812,10 +812,10 @@ int ps_sockops(struct bpf_sock_ops *skops)
 /*
  * On the instances' sockets: every segment arriving through TCP goes to the
  * socket's own psock queue, where what is put straight into it goes too. A
- * socket in a sockhash reports only that queue to FIONREAD
- * (tcp_bpf), and nginx stops reading a body when FIONREAD says 0: bytes
- * left in the TCP queue would never be read. A FIN is empty: it is dropped
- * here, and the socket's state says end of stream.
+ * socket in a sockhash reports only that queue to FIONREAD (tcp_bpf), and
+ * nginx stops reading a body when FIONREAD says 0: bytes left in the TCP
+ * queue would never be read. A FIN is empty: it is dropped here, and the
+ * socket's state says end of stream.
  */
 SEC("sk_skb/stream_verdict")
 int ps_rx(struct __sk_buff *skb)

@@ -148,9 +148,9 @@ enum ps_handback {
  * body-free requests straight into the instance's socket, skipping TCP and
  * the kernel worker, when every byte the caller sent through TCP has been
  * through the verdict, every request the verdict sent straight has been
- * answered (those are still on a kernel worker's queue) and the instance has
- * read every byte of the TCP connection to it (leg_read, noted by the
- * instance's sk_msg program). Responses then go straight into the caller's
+ * answered (those are still on a kernel worker's queue) and every byte of the
+ * TCP connection to the instance has left its TCP receive queue, read or
+ * queued ahead by ps_rx (leg_read, noted by the instance's sk_msg program). Responses then go straight into the caller's
  * socket while the caller has read everything sent to it through TCP and
  * what is queued for it stays within its receive buffer (the caller's
  * program notes both when it sends). Anything else takes TCP as before.
