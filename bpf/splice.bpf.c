@@ -988,7 +988,7 @@ int ps_request(struct sk_msg_md *msg)
 {
 	struct ps_inst_stats *st;
 	struct ps_caller *cs;
-	struct ps_conn *c, *p;
+	struct ps_conn *c, *p = NULL;
 	struct scratch *s;
 	struct walk *w;
 	__u32 *slot, peer, inst, depth, requests, len = msg->size, zero = 0;
@@ -1010,15 +1010,13 @@ int ps_request(struct sk_msg_md *msg)
 	cookie = cs->owner;
 	slot = cookie ? bpf_map_lookup_elem(&conn_index, &cookie) : NULL;
 	c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!c || !s) {
-		cs->leg_sent += len;
-		return SK_PASS;
+	if (c) {
+		peer = c->peer;
+		p = bpf_map_lookup_elem(&conns, &peer);
 	}
-	peer = c->peer;
-	p = bpf_map_lookup_elem(&conns, &peer);
-	if (!p) {
-		cs->leg_sent += len;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c || !p || !s) {
+		cs->leg_sent += len;	/* not spliced (yet): TCP as usual */
 		return SK_PASS;
 	}
 

@@ -1330,6 +1330,7 @@ static void try_unblock(struct conn *c)
 static void pump(struct conn *c)
 {
 	uint32_t round;
+	int err;
 
 	if (c->state == CS_HEAD || c->state == CS_CONNECTING)
 		return;
@@ -1359,13 +1360,13 @@ static void pump(struct conn *c)
 			c->dead = true;
 			break;
 		}
-		if (dir_read(&c->resp) || (c->resp.eof && c->pooled)) {
-			if (keep_retry(c))
-				return;
-			if (!c->resp.eof) {
-				c->dead = true;
-				break;
-			}
+		err = dir_read(&c->resp);
+		/* a kept connection that ended or failed before any answer */
+		if ((err || c->resp.eof) && keep_retry(c))
+			return;
+		if (err) {
+			c->dead = true;
+			break;
 		}
 		dir_process(&c->req);
 		dir_process(&c->resp);
