@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * HTTP/1.x message framing, one byte at a time.
+ * HTTP/1.x message framing, one byte at a time (eight at a time over the
+ * bytes it only validates).
  *
  * The same code runs in the kernel (the sk_skb verdict frames every request
  * and response it forwards) and in userspace (the head parser, the relay
@@ -857,11 +858,13 @@ static __always_inline int ps_frame_byte(struct ps_frame *fr, __u8 c, __u8 *path
 }
 
 /*
- * The bytes that need no decision: the rest of a header name, a header value
- * the framer does not look into, the reason phrase, the query, and path bytes
- * between segment boundaries. Consumes `c` and returns 1 when it is one of
- * them, leaving the state exactly as ps_frame_byte() would; 0 otherwise
- * (ps_frame_byte() then takes it).
+ * The common bytes whose effect is simple: the lines of headers the framer
+ * does not look into, "HTTP/1." and the status, the digits of Content-Length,
+ * the tokens of Connection and Transfer-Encoding, the reason phrase, the
+ * query, and path bytes between segment boundaries. Consumes `c` and returns
+ * non-zero when it is one of them, leaving the state exactly as
+ * ps_frame_byte() would (2 when it starts a header value that words can
+ * take); 0 when ps_frame_byte() must take it.
  */
 static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path)
 {
@@ -869,10 +872,67 @@ static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path
 		return 0;
 	switch (fr->state) {
 	case PS_FS_HDR_VALUE:
-		if (fr->hdr != PS_H_OTHER || c == '\r' || !ps_is_field_byte(c))
+		if (fr->hdr == PS_H_CONTENT_LENGTH) {
+			__u64 v = fr->remaining * 10 + (c - '0');
+
+			/* digits of a Content-Length still being read */
+			if (c < '0' || c > '9' || fr->val_state == 2 || v > PS_FRAME_CL_MAX)
+				return 0;
+			fr->val_state = 1;
+			fr->remaining = v;
+			break;
+		}
+		if (fr->hdr != PS_H_OTHER) {
+			/* token bytes of Connection and Transfer-Encoding */
+			if (c == ',' || c == ' ' || c == '\t' || !ps_is_field_byte(c) ||
+			    fr->val_state == 2 || fr->hdr == PS_H_UPGRADE)
+				return 0;
+			fr->val_state = 1;
+			ps_tok_byte(fr, c);
+			break;
+		}
+		if (c == '\r') {
+			/* the end of a header the framer does not look into */
+			fr->state = PS_FS_HDR_LF;
+			fr->pos = 0;
+		} else if (!ps_is_field_byte(c)) {
 			return 0;
+		}
+		break;
+	case PS_FS_VERSION:
+		/* "HTTP/1." */
+		if (fr->pos >= 7 || c != ps_hdr_char(PS_W_PROTO, fr->pos))
+			return 0;
+		fr->pos++;
+		break;
+	case PS_FS_STATUS:
+		if (fr->pos >= 3 || c < '0' || c > '9' || (fr->pos == 0 && c == '0'))
+			return 0;
+		fr->status = fr->status * 10 + (c - '0');
+		fr->pos++;
+		break;
+	case PS_FS_HDR_LF:
+		if (c != '\n')
+			return 0;
+		fr->state = PS_FS_HDR_START;
+		break;
+	case PS_FS_HDR_START:
+		if (!ps_is_tchar(c))
+			return 0;
+		fr->state = PS_FS_HDR_NAME;
+		fr->pos = 0;
+		ps_name_byte(fr, c);
 		break;
 	case PS_FS_HDR_NAME:
+		if (c == ':' && fr->cand == PS_H_OTHER) {
+			fr->hdr = PS_H_OTHER;
+			fr->state = PS_FS_HDR_VALUE;
+			fr->val_state = 0;
+			fr->tok = PS_T_NONE;
+			fr->pos = 0;
+			fr->head_len++;
+			return 2;
+		}
 		if (!ps_is_tchar(c))
 			return 0;
 		if (fr->pos < 0xff)
@@ -901,7 +961,98 @@ static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path
 	return 1;
 }
 
-#define PS_FRAME_RUN_MAX	256	/* bytes per ps_frame_run(): a bound BPF can see */
+/*
+ * Eight bytes at a time over the runs that are only validated: a header value
+ * the framer does not look into, the reason phrase, the query. The word tests
+ * are exact as booleans (a borrow only ever follows a byte already found).
+ */
+#define PS_W_ONES	0x0101010101010101ULL
+#define PS_W_HIGHS	0x8080808080808080ULL
+
+/* Some byte of x is below b (b <= 0x80; bytes >= 0x80 never count). */
+static __always_inline __u64 ps_word_below(__u64 x, __u8 b)
+{
+	return (x - PS_W_ONES * b) & ~x & PS_W_HIGHS;
+}
+
+/* Some byte of x is b. */
+static __always_inline __u64 ps_word_has(__u64 x, __u8 b)
+{
+	return ps_word_below(x ^ (PS_W_ONES * b), 1);
+}
+
+static __always_inline __u64 ps_word_at(const __u8 *p)
+{
+#ifdef __bpf__
+	return *(const __u64 *)p;	/* BPF loads need no alignment on this path */
+#else
+	__u64 x;
+
+	__builtin_memcpy(&x, p, sizeof(x));
+	return x;
+#endif
+}
+
+/* Which word test the state allows: 0 none (bytes one at a time). */
+#define PS_WORDS_FIELD	1	/* header value the framer ignores, reason phrase */
+#define PS_WORDS_QUERY	2
+static __always_inline int ps_frame_word_class(const struct ps_frame *fr)
+{
+	switch (fr->state) {
+	case PS_FS_HDR_VALUE:
+		return fr->hdr == PS_H_OTHER ? PS_WORDS_FIELD : 0;
+	case PS_FS_REASON:
+		return PS_WORDS_FIELD;
+	case PS_FS_QUERY:
+		return PS_WORDS_QUERY;
+	}
+	return 0;
+}
+
+/* None of the eight bytes in x ends the run or is refused: ps_frame_fast()
+ * would take each of them and stay in the state it is in. */
+static __always_inline int ps_word_plain(int cls, __u64 x)
+{
+	if (cls == PS_WORDS_QUERY)	/* visible ASCII other than '#' */
+		return !(ps_word_below(x, 0x21) | (x & PS_W_HIGHS) | ps_word_has(x, 0x7f) |
+			 ps_word_has(x, '#'));
+	/* field bytes other than tab, which ps_frame_fast() takes alone */
+	return !(ps_word_below(x, 0x20) | ps_word_has(x, 0x7f));
+}
+
+/* Skip whole words of buf[i..n) that ps_word_plain() passes; returns the
+ * new i. At most PS_FRAME_WORDS_MAX words. A caller whose buffers are never
+ * longer than some constant defines PS_FRAME_BUF_MAX to it, as BPF must for
+ * the verifier to see the loads in bounds. */
+#define PS_FRAME_WORDS_MAX	32
+#ifndef PS_FRAME_BUF_MAX
+#define PS_FRAME_BUF_MAX	0xffffffffu
+#endif
+static __always_inline __u32 ps_frame_words(struct ps_frame *fr, const __u8 *buf, __u32 n,
+					    __u32 i)
+{
+	int cls = ps_frame_word_class(fr);
+	__u32 k;
+
+	if (!cls)
+		return i;
+	for (k = 0; k < PS_FRAME_WORDS_MAX; k++) {
+		ps_barrier_var(i);
+		if (n < 8 || i > n - 8 || i > PS_FRAME_BUF_MAX - 8 ||
+		    fr->head_len + 8 > fr->head_max)
+			break;
+		if (!ps_word_plain(cls, ps_word_at(buf + i)))
+			break;
+		i += 8;
+		fr->head_len += 8;
+	}
+	return i;
+}
+
+/* The BPF side makes ps_frame_words() a global function of its own. */
+#ifndef ps_frame_skip_words
+#define ps_frame_skip_words(fr, buf, n, i) ps_frame_words(fr, buf, n, i)
+#endif
 
 /* The BPF side makes ps_frame_byte() a global function, which the verifier
  * checks once instead of once per loop iteration. */
@@ -910,31 +1061,51 @@ static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path
 #endif
 
 /*
- * Feed buf[*pos..n) until an event, the start of a body or the end of the
- * buffer (at most PS_FRAME_RUN_MAX bytes); returns the event and moves *pos
- * past the bytes consumed. Exactly the same as feeding them one at a time to
- * ps_frame_byte(), only faster over the bytes the framer merely validates.
+ * Feed buf[*pos..n) until an event, the start of a body, the end of the
+ * buffer or `steps` steps of one byte (and the words that follow it); returns
+ * the event and moves *pos past the bytes consumed. Exactly the same as
+ * feeding them one at a time to ps_frame_byte(), only faster over the bytes
+ * the framer merely validates.
  */
-static __always_inline int ps_frame_run(struct ps_frame *fr, const __u8 *buf, __u32 n,
-					__u32 *pos, __u8 *path)
+static __always_inline int ps_frame_steps(struct ps_frame *fr, const __u8 *buf, __u32 n,
+					  __u32 *pos, __u8 *path, const __u32 steps)
 {
 	__u32 i = *pos, k;
 	int ev = PS_EV_NONE;
 
-	for (k = 0; k < PS_FRAME_RUN_MAX; k++) {
+	if (ps_frame_word_class(fr))
+		i = ps_frame_skip_words(fr, buf, n, i);
+	for (k = 0; k < steps; k++) {
+		int fast;
 		__u8 c;
 
 		if (i >= n || ps_frame_in_body(fr))
 			break;
 		c = buf[i++];
-		if (ps_frame_fast(fr, c, path))
+		fast = ps_frame_fast(fr, c, path);
+		if (fast == 1)
 			continue;
-		ev = ps_frame_slow_byte(fr, c, path);
-		if (ev != PS_EV_NONE)
-			break;
+		if (!fast) {
+			ev = ps_frame_slow_byte(fr, c, path);
+			if (ev != PS_EV_NONE)
+				break;
+			if (!ps_frame_word_class(fr))
+				continue;
+		}
+		/* a run that words can take starts */
+		i = ps_frame_skip_words(fr, buf, n, i);
 	}
 	*pos = i;
 	return ev;
+}
+
+#define PS_FRAME_RUN_MAX	256
+
+/* ps_frame_steps() with a bound fit for userspace buffers. */
+static __always_inline int ps_frame_run(struct ps_frame *fr, const __u8 *buf, __u32 n,
+					__u32 *pos, __u8 *path)
+{
+	return ps_frame_steps(fr, buf, n, pos, path, PS_FRAME_RUN_MAX);
 }
 
 #endif /* HTTP_FRAME_H */

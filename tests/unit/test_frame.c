@@ -1051,6 +1051,47 @@ static void test_random_segments_frame_the_same(void **state)
 	}
 }
 
+/* ps_frame_run() takes header values, reason phrases and queries eight
+ * bytes at a time: a byte that ends or breaks such a run must be seen at
+ * every offset within a word, and a head limit inside a word too. */
+static void test_frame_run_words_stop_at_every_offset(void **state)
+{
+	static const struct {
+		__u8 kind;
+		const char *fmt;	/* %s: the run */
+		const char specials[8];
+	} shapes[] = {
+		{ PS_FRAME_REQUEST, "GET /a?%s HTTP/1.1\r\n\r\n", "# \x7f\x80\t" },
+		{ PS_FRAME_REQUEST, "GET /a HTTP/1.1\r\nX-Run: %s\r\n\r\n", "\t\x7f\x80\n\x01" },
+		{ PS_FRAME_RESPONSE, "HTTP/1.1 200 %s\r\nContent-Length: 0\r\n\r\n",
+		  "\t\x7f\x80\x1f" },
+	};
+	static const __u32 limits[] = { HEAD_MAX, 30, 37, 44 };
+
+	for (unsigned k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
+		for (const char *sp = shapes[k].specials; *sp; sp++) {
+			for (unsigned at = 0; at < 24; at++) {
+				char run[25], buf[128];
+				int len;
+
+				memset(run, 'v', 24);
+				run[24] = 0;
+				run[at] = *sp;
+				len = snprintf(buf, sizeof(buf), shapes[k].fmt, run);
+				for (unsigned l = 0; l < sizeof(limits) / sizeof(limits[0]); l++) {
+					struct fd_run *whole = frame_n(shapes[k].kind, limits[l], buf, len, 0);
+					struct fd_run *words = fd_new(shapes[k].kind, limits[l]);
+
+					fd_feed_run(words, (const __u8 *)buf, len);
+					check_same(whole, words, "through ps_frame_run, offset", at);
+					fd_free(words);
+					free_runs(NULL);
+				}
+			}
+		}
+	}
+}
+
 static void test_frame_run_frames_like_byte_at_a_time(void **state)
 {
 	for (unsigned k = 0; k < sizeof(streams) / sizeof(streams[0]); k++) {
@@ -1149,6 +1190,7 @@ int main(void)
 		T(test_split_at_any_byte_frames_the_same),
 		T(test_byte_at_a_time_with_handover_frames_the_same),
 		T(test_random_segments_frame_the_same),
+		T(test_frame_run_words_stop_at_every_offset),
 	};
 
 	return cmocka_run_group_tests_name("http_frame", tests, NULL, NULL);
