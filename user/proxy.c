@@ -45,6 +45,7 @@
 #define POLL_FAST_FOR_MS 100	/* how long a wait counts as young */
 #define POLL_MAX_MS	50	/* a reader that stopped: look rarely */
 #define MAX_EVENTS	256
+#define ACCEPT_BATCH	64
 #define SPARE_BUFS	64	/* relay buffers kept for the next connections */
 #define POOL_PER_INST	64	/* kept connections per instance */
 #define POOL_IDLE_MS	2000	/* well under the idle timeouts servers use */
@@ -1216,6 +1217,12 @@ static void linger(struct conn *c)
 	shutdown(c->cli.fd, SHUT_WR);
 	c->state = CS_LINGER;
 	c->req.e = c->req.p = c->req.w = 0;
+	c->resp.e = c->resp.p = c->resp.w = 0;
+	/* nothing is relayed any more: the buffers serve the next connections
+	 * (lingering connections pile up under one-shot load) */
+	buf_put(c->px, c->req.buf);
+	buf_put(c->px, c->resp.buf);
+	c->req.buf = c->resp.buf = NULL;
 	timer_start(c, T_LINGER);
 }
 
@@ -1446,9 +1453,11 @@ static void conn_close(struct conn *c)
 	px->graveyard[px->n_grave++] = c;
 }
 
+/* At most ACCEPT_BATCH connections per wake-up: the listener is level-
+ * triggered, and connections already accepted get their turn in between. */
 static void accept_all(struct proxy *px)
 {
-	for (;;) {
+	for (int k = 0; k < ACCEPT_BATCH; k++) {
 		struct sockaddr_in addr;
 		socklen_t len = sizeof(addr);
 		struct conn *c;
