@@ -400,6 +400,20 @@ static __always_inline int ps_value_byte(struct ps_frame *fr, __u8 c)
 	}
 }
 
+/* The ':' after a header name: its value starts. */
+static __always_inline void ps_name_end(struct ps_frame *fr)
+{
+	fr->hdr = fr->cand;
+	if (fr->hdr != PS_H_OTHER && ps_hdr_char(fr->hdr, fr->pos) != 0)
+		fr->hdr = PS_H_OTHER;
+	fr->state = PS_FS_HDR_VALUE;
+	fr->val_state = 0;
+	fr->tok = PS_T_NONE;
+	fr->pos = 0;
+	if (fr->hdr == PS_H_CONTENT_LENGTH)
+		fr->remaining = 0;
+}
+
 /* End of a header line: apply what it said. */
 static __always_inline int ps_header_end(struct ps_frame *fr)
 {
@@ -822,15 +836,7 @@ static __always_inline int ps_frame_byte(struct ps_frame *fr, __u8 c, __u8 *path
 		return PS_EV_NONE;
 	case PS_FS_HDR_NAME:
 		if (c == ':') {
-			fr->hdr = fr->cand;
-			if (fr->hdr != PS_H_OTHER && ps_hdr_char(fr->hdr, fr->pos) != 0)
-				fr->hdr = PS_H_OTHER;
-			fr->state = PS_FS_HDR_VALUE;
-			fr->val_state = 0;
-			fr->tok = PS_T_NONE;
-			fr->pos = 0;
-			if (fr->hdr == PS_H_CONTENT_LENGTH)
-				fr->remaining = 0;
+			ps_name_end(fr);
 			return PS_EV_NONE;
 		}
 		if (!ps_is_tchar(c))
@@ -925,11 +931,7 @@ static __always_inline int ps_frame_fast(struct ps_frame *fr, __u8 c, __u8 *path
 		break;
 	case PS_FS_HDR_NAME:
 		if (c == ':' && fr->cand == PS_H_OTHER) {
-			fr->hdr = PS_H_OTHER;
-			fr->state = PS_FS_HDR_VALUE;
-			fr->val_state = 0;
-			fr->tok = PS_T_NONE;
-			fr->pos = 0;
+			ps_name_end(fr);
 			fr->head_len++;
 			return 2;
 		}

@@ -289,6 +289,14 @@ static void buf_put(struct proxy *px, uint8_t *buf)
 		free(buf);
 }
 
+/* A connection that relays no more gives its buffers to the next ones. */
+static void conn_put_bufs(struct conn *c)
+{
+	buf_put(c->px, c->req.buf);
+	buf_put(c->px, c->resp.buf);
+	c->req.buf = c->resp.buf = NULL;
+}
+
 /* ---- endpoints -------------------------------------------------------- */
 
 static void ep_init(struct endpoint *ep, struct conn *c, int fd)
@@ -1220,9 +1228,7 @@ static void linger(struct conn *c)
 	c->resp.e = c->resp.p = c->resp.w = 0;
 	/* nothing is relayed any more: the buffers serve the next connections
 	 * (lingering connections pile up under one-shot load) */
-	buf_put(c->px, c->req.buf);
-	buf_put(c->px, c->resp.buf);
-	c->req.buf = c->resp.buf = NULL;
+	conn_put_bufs(c);
 	timer_start(c, T_LINGER);
 }
 
@@ -1427,10 +1433,8 @@ static void conn_close(struct conn *c)
 		splice_take(c->be.pc);
 	ep_release(px, &c->be);
 	ep_release(px, &c->cli);
-	buf_put(px, c->req.buf);
-	buf_put(px, c->resp.buf);
+	conn_put_bufs(c);
 	free(c->resend);
-	c->req.buf = c->resp.buf = NULL;
 	c->resend = NULL;
 	c->dead = true;
 	if (c->aprev)
