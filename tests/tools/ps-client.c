@@ -62,11 +62,15 @@ static struct {
 	const char *first;		/* stall --first: a request before the stalled one */
 	int rcvbuf;			/* stall --rcvbuf: SO_RCVBUF */
 	uint64_t ws_binary;		/* ws --binary-bytes N */
+	uint64_t repeat;		/* upload --repeat N */
+	const char *method;		/* upload --method M */
 } g_opt = {
 	.timeout = 20,
 	.idle_ms = 2000,
 	.ws_binary = 1024 * 1024,
 	.rcvbuf = STALL_RCVBUF,
+	.repeat = 1,
+	.method = "POST",
 };
 
 static const char *g_mode = "";
@@ -731,16 +735,40 @@ static int mode_upload(const char *addr, char **args, int nargs)
 		snprintf(extra, sizeof(extra), "Content-Length: %llu\r\n", (unsigned long long)bytes);
 
 	client_connect(&c, addr, 0);
-	send_request(&c, "POST", args[0], extra);
-	uint32_t crc = send_pattern_body(&c, bytes, g_opt.chunked);
+	for (uint64_t i = 0; i < g_opt.repeat; i++) {
+		char what[64], want[32];
 
-	read_response(&c, &r, false, "response");
-	acc_init(&a, false);
-	read_body(&c, &r, &a, "response body");
-	if (r.status < 200 || r.status > 299)
-		fail("HTTP %d from %s: %.*s", r.status, r.instance, (int)a.line_len, a.line);
-	put_escaped(a.line, a.line_len);
-	printf("\nsent %llu %08x\n", (unsigned long long)bytes, crc);
+		if (i)
+			arm_deadline(&c);	/* --timeout is per upload */
+		snprintf(what, sizeof(what), "response %llu of %llu", (unsigned long long)i + 1,
+			 (unsigned long long)g_opt.repeat);
+		send_request(&c, g_opt.method, args[0], extra);
+		uint32_t crc = send_pattern_body(&c, bytes, g_opt.chunked);
+
+		read_response(&c, &r, false, what);
+		acc_init(&a, false);
+		read_body(&c, &r, &a, what);
+		if (r.status < 200 || r.status > 299)
+			fail("HTTP %d from %s (%s): %.*s", r.status, r.instance, what,
+			     (int)a.line_len, a.line);
+		if (g_opt.repeat == 1) {
+			put_escaped(a.line, a.line_len);
+			printf("\nsent %llu %08x\n", (unsigned long long)bytes, crc);
+			break;
+		}
+		/* several on one connection: a sink's answer must account
+		 * for exactly the bytes sent (other servers: the status) */
+		snprintf(want, sizeof(want), "%llu %08x", (unsigned long long)bytes, crc);
+		if (strstr(args[0], "sink=1") &&
+		    (a.line_len != strlen(want) || memcmp(a.line, want, a.line_len)))
+			fail("%s: the instance received \"%.*s\", sent \"%s\"", what,
+			     (int)a.line_len, a.line, want);
+		if (r.close || peer_closed(&c))
+			fail("server closed the connection after %s", what);
+	}
+	if (g_opt.repeat > 1)
+		printf("ok %llu uploads of %llu\n", (unsigned long long)g_opt.repeat,
+		       (unsigned long long)bytes);
 	client_close(&c);
 	return 0;
 }
@@ -1233,7 +1261,10 @@ static void usage(FILE *f)
 		"                               \"sent LEN CRC32HEX\"\n"
 		"  upload HOST:PORT PATH BYTES  POST BYTES pattern bytes (PATH with ?sink=1);\n"
 		"                               prints the body's first line, then\n"
-		"                               \"sent LEN CRC32HEX\"; fails unless 2xx\n"
+		"                               \"sent LEN CRC32HEX\"; fails unless 2xx; with\n"
+		"                               --repeat N, N uploads on one connection, each\n"
+		"                               sink answer checked against what was sent; prints\n"
+		"                               \"ok N uploads of BYTES\"\n"
 		"  download HOST:PORT PATH BYTES  GET (PATH with ?bytes=BYTES), verify length\n"
 		"                               and pattern; prints \"ok BYTES CRC32HEX\"\n"
 		"  stall HOST:PORT PATH SECONDS  SO_RCVBUF 16 KiB (--rcvbuf), read 1 KiB, stop reading for\n"
@@ -1254,6 +1285,9 @@ static void usage(FILE *f)
 		"  -H, --header 'N: V' extra request header (repeatable; replaces Host)\n"
 		"  --body-bytes N      halfclose: POST N pattern bytes before the shutdown\n"
 		"  --chunked           upload: send the body chunked\n"
+		"  --repeat N          upload: N uploads, one after the other, one connection\n"
+		"                      (--timeout applies to each)\n"
+		"  --method M          upload: the request method (default POST)\n"
 		"  --resume            stall: afterwards read and verify the whole body\n"
 		"  --first PATH        stall: GET PATH (read in full) on the connection first\n"
 		"  --rcvbuf BYTES      stall: SO_RCVBUF (default 16384)\n"
@@ -1289,7 +1323,7 @@ static uint64_t parse_count(const char *opt, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_IDLE,
-	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF };
+	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "header", required_argument, NULL, 'H' },
@@ -1303,6 +1337,8 @@ static void parse_options(int argc, char **argv)
 		{ "first", required_argument, NULL, O_FIRST },
 		{ "rcvbuf", required_argument, NULL, O_RCVBUF },
 		{ "binary-bytes", required_argument, NULL, O_BINARY_BYTES },
+		{ "repeat", required_argument, NULL, O_REPEAT },
+		{ "method", required_argument, NULL, O_METHOD },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -1338,6 +1374,16 @@ static void parse_options(int argc, char **argv)
 			if (parse_count("--rcvbuf", optarg) > (64 << 20))
 				usage_error("--rcvbuf: at most %d", 64 << 20);
 			g_opt.rcvbuf = (int)parse_count("--rcvbuf", optarg);
+			break;
+		case O_METHOD:
+			if (!*optarg || strspn(optarg, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != strlen(optarg))
+				usage_error("--method: want an upper-case token, got %s", optarg);
+			g_opt.method = optarg;
+			break;
+		case O_REPEAT:
+			g_opt.repeat = parse_count("--repeat", optarg);
+			if (g_opt.repeat == 0)
+				usage_error("--repeat: at least 1");
 			break;
 		case O_BINARY_BYTES:
 			g_opt.ws_binary = parse_count("--binary-bytes", optarg);
