@@ -533,8 +533,10 @@ static __always_inline __u32 peer_check(struct ps_conn *c, struct ps_conn *p, __
 		reason = PS_HB_PEER;
 		goto out;
 	}
-	/* every byte ever put into the peer socket: acked + still in its queue */
-	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	/* every byte ever put into the peer socket: acked + still in its queue
+	 * (the daemon made the backend's connection: TCP counts its SYN) */
+	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una) -
+		   (p->side == PS_SIDE_BACKEND);
 	queued = p->out_base + c->fwd - c->ingress - accepted;
 	if ((__s64)queued < 0)
 		queued = 0;
@@ -596,13 +598,14 @@ static __always_inline int instance_ready(struct ps_conn *c, struct ps_conn *p, 
 	struct tcp_sock *tp;
 	int ok = 0;
 
-	/* the daemon's socket: nothing queued for it, nothing unacknowledged */
+	/* the daemon's socket: nothing queued for it, nothing unacknowledged
+	 * (it made the connection: its SYN is one of the bytes acked) */
 	sk = bpf_map_lookup_elem(&sockets, &peer);
 	if (!sk)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
 	ok = tp && tp->write_seq == tp->snd_una &&
-	     tp->bytes_acked >= p->out_base + c->fwd - c->ingress;
+	     tp->bytes_acked - 1 >= p->out_base + c->fwd - c->ingress;
 	bpf_sk_release(sk);
 	if (!ok)
 		return 0;

@@ -503,7 +503,7 @@ static int tcp_info_of(int fd, struct tcp_info *ti)
 	return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) ? -errno : 0;
 }
 
-int sock_accepted(int fd, uint64_t *bytes, int *state)
+int sock_accepted(int fd, bool opened, uint64_t *bytes, int *state)
 {
 	struct tcp_info ti;
 	int outq, err;
@@ -514,7 +514,7 @@ int sock_accepted(int fd, uint64_t *bytes, int *state)
 		return err;
 	if (ioctl(fd, SIOCOUTQ, &outq))
 		return -errno;
-	*bytes = ti.tcpi_bytes_acked + (uint64_t)outq;
+	*bytes = ti.tcpi_bytes_acked + (uint64_t)outq - opened;
 	*state = ti.tcpi_state;
 	return 0;
 }

@@ -103,9 +103,10 @@ void splice_take(struct ps_conn *c);
  * about to be)? */
 bool splice_kernel_owned(const struct ps_conn *c);
 
-/* Every byte ever put into / received on a TCP socket (acked + queued),
- * and the socket's TCP state (TCP_ESTABLISHED, ...) from the same look. */
-int sock_accepted(int fd, uint64_t *bytes, int *state);
+/* Every byte ever put into a TCP socket (acked + queued), and the socket's
+ * TCP state (TCP_ESTABLISHED, ...) from the same look. `opened`: the socket
+ * made the connection, and TCP counts its SYN as one acked byte. */
+int sock_accepted(int fd, bool opened, uint64_t *bytes, int *state);
 int sock_received(int fd, uint64_t *bytes, int *state);
 /* The TCP state alone, or -1. */
 int sock_state(int fd);

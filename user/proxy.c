@@ -377,7 +377,7 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 		return false;
 	if (other->fd >= 0)
 		expect += other->pc->fwd - other->pc->ingress;
-	if (sock_accepted(ep->fd, &acc, &st))
+	if (sock_accepted(ep->fd, ep == &c->be, &acc, &st))
 		return false;
 	/* a socket that takes no more bytes (reset, closed) has nothing to wait for */
 	return acc >= expect || (st != TCP_ESTABLISHED && st != TCP_CLOSE_WAIT);
