@@ -703,6 +703,118 @@ static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_con
 	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
 }
 
+/*
+ * The stream verdicts see each segment whole, as tcp_read_skb() takes it off
+ * the receive queue. But TCP queues a retransmitted segment that overlaps
+ * bytes already received (seq < rcv_nxt < end_seq) untrimmed, and leaves
+ * skipping the overlap to the reader: tcp_recvmsg() does, from copied_seq;
+ * tcp_read_skb() does not, and the verdict would see those bytes twice
+ * (Linux 6.18: a slow reader's socket under receive-memory pressure drops
+ * segments, and a 261932-byte retransmission came back starting with the
+ * 65483 bytes passed on before it). So each socket keeps the sequence number
+ * its verdict expects next, and whatever comes before it is cut off here.
+ */
+struct rx_seq {
+	__u32 next;			/* sequence number expected next */
+	__u32 known;			/* next is set */
+	__u64 owner;			/* an instance's socket: backend_owner, for ps_rx */
+};
+
+/* Keyed by socket cookie: sk_skb programs have no socket storage. Sized by
+ * userspace for every spliced socket and every instance socket, twice. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 2 * PS_DEFAULT_MAX_CONNS);
+	__type(key, __u64);		/* socket cookie */
+	__type(value, struct rx_seq);
+} rx_seqs SEC(".maps");
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+#define RX_CUT_STEP	4095	/* most bpf_skb_adjust_room() removes per call */
+#define RX_CUT_STEPS	256
+
+enum rx_order { RX_NEW, RX_OLD, RX_UNCUT };
+
+struct rx_cut {
+	struct __sk_buff *skb;
+	__u32 left;			/* bytes still to cut off the front */
+};
+
+/* One step of bpf_loop: cut what one bpf_skb_adjust_room() call may. */
+static long rx_cut_step(__u32 i, struct rx_cut *x)
+{
+	__u32 step = x->left < RX_CUT_STEP ? x->left : RX_CUT_STEP;
+
+	if (!step || bpf_skb_adjust_room(x->skb, -(__s32)step, 0, 0))
+		return 1;
+	x->left -= step;
+	return 0;
+}
+
+/* Cut off what the socket's verdict has seen before (*cut: how many bytes;
+ * *owner: rx_seq.owner). RX_NEW: go on with what is left; RX_OLD: nothing
+ * new, drop it; RX_UNCUT: the segment could not be cut, and is dropped too
+ * (counted: data lost). */
+static __always_inline enum rx_order rx_in_order(struct __sk_buff *skb, __u64 cookie,
+						 __u32 *cut, __u64 *owner)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct tcp_skb_cb *cb = (struct tcp_skb_cb *)kskb->cb;
+	struct bpf_sock *sk = skb->sk;
+	struct rx_seq *rs, fresh = {};
+	struct tcp_sock *tp;
+	struct rx_cut x;
+	__u32 seq, end, left;
+
+	*cut = 0;
+	*owner = 0;
+	rs = bpf_map_lookup_elem(&rx_seqs, &cookie);
+	if (!rs) {
+		bpf_map_update_elem(&rx_seqs, &cookie, &fresh, BPF_NOEXIST);
+		rs = bpf_map_lookup_elem(&rx_seqs, &cookie);
+		if (!rs)
+			return RX_NEW;
+	}
+	*owner = rs->owner;
+	seq = cb->seq;
+	end = cb->end_seq;
+	if (!rs->known) {
+		/* the first segment: the reader may have read into it before
+		 * the socket had a verdict */
+		tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
+		rs->next = tp && (__s32)(tp->copied_seq - seq) > 0 &&
+			   (__s32)(end - tp->copied_seq) > 0 ? tp->copied_seq : seq;
+		rs->known = 1;
+	}
+	left = rs->next - seq;
+	if ((__s32)(end - rs->next) > 0)
+		rs->next = end;
+	if ((__s32)left <= 0)
+		return RX_NEW;
+	/* even a segment that is all old is cut, to nothing: the verdict's
+	 * caller counts what it drops as read (tcp_eat_skb(), copied_seq) */
+	x.skb = skb;
+	x.left = left < skb->len ? left : skb->len;
+	*cut = x.left;
+	bpf_loop(RX_CUT_STEPS, rx_cut_step, &x, 0);
+	if (x.left)
+		return RX_UNCUT;
+	return skb->len ? RX_NEW : RX_OLD;
+}
+
+/* Count what rx_in_order() cut for the instance in slot `inst`. */
+static __always_inline void rx_count(__u32 inst, enum rx_order order, __u32 cut)
+{
+	struct ps_inst_stats *st = bpf_map_lookup_elem(&inst_stats, &inst);
+
+	if (!st)
+		return;
+	st->rx_cut_bytes += cut;
+	if (order == RX_UNCUT)
+		st->rx_uncut++;
+}
+
 /* USER mode: pass the segment on, unless userspace armed the kernel and has
  * read every byte passed so far. Returns 1 if the kernel takes over. */
 static __always_inline int take_over(struct ps_conn *c, __u32 len)
@@ -725,16 +837,21 @@ int ps_verdict(struct __sk_buff *skb)
 	struct scratch *s;
 	struct walk *w;
 	enum req_path path;
-	__u32 *slot, peer, reason, depth, zero = 0;
+	__u32 *slot, peer, reason, depth, cut, zero = 0;
+	__u64 owner;
+	enum rx_order order;
 	int verdict;
 
 	/* a FIN arrives as an empty segment: epoll reports it, nothing to move */
 	if (skb->len == 0)
 		return SK_DROP;
+	order = rx_in_order(skb, cookie, &cut, &owner);
 	slot = bpf_map_lookup_elem(&conn_index, &cookie);
-	if (!slot)
-		return SK_PASS;
-	c = bpf_map_lookup_elem(&conns, slot);
+	c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
+	if (cut && c)
+		rx_count(c->inst, order, cut);
+	if (order != RX_NEW)
+		return SK_DROP;
 	if (!c)
 		return SK_PASS;
 	peer = c->peer;
@@ -803,9 +920,10 @@ SEC("sockops")
 int ps_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
+	struct rx_seq rs = {};
 	struct ps_caller *cs;
 	struct ps_tuple t;
-	__u64 cookie, *owner, *found;
+	__u64 cookie, inst_sk, *owner, *found;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
@@ -847,6 +965,9 @@ int ps_sockops(struct bpf_sock_ops *skops)
 		if (!owner)
 			return 1;
 		*owner = cookie;
+		rs.owner = cookie;
+		inst_sk = bpf_get_socket_cookie(skops);
+		bpf_map_update_elem(&rx_seqs, &inst_sk, &rs, BPF_ANY);
 		bpf_sock_hash_update(skops, &backends, &cookie, BPF_NOEXIST);
 		return 1;
 	}
@@ -864,7 +985,22 @@ int ps_sockops(struct bpf_sock_ops *skops)
 SEC("sk_skb/stream_verdict")
 int ps_rx(struct __sk_buff *skb)
 {
-	return skb->len ? SK_PASS : SK_DROP;
+	enum rx_order order;
+	__u64 owner;
+	__u32 *slot, cut;
+	struct ps_conn *c;
+
+	if (!skb->len)
+		return SK_DROP;
+	order = rx_in_order(skb, bpf_get_socket_cookie(skb), &cut, &owner);
+	if (cut && owner) {
+		/* the instance: that of the proxy's socket at the other end */
+		slot = bpf_map_lookup_elem(&conn_index, &owner);
+		c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
+		if (c)
+			rx_count(c->inst, order, cut);
+	}
+	return order == RX_NEW ? SK_PASS : SK_DROP;
 }
 
 /* May `len` bytes go straight into the client socket now? Only if nothing

@@ -245,6 +245,8 @@ struct ps_inst_stats {
 	__u64 direct_req_bytes;		/* of req_bytes, put straight into the instance's socket */
 	__u64 caller_req_bytes;		/* of direct_req_bytes, from a same-host caller's sendmsg */
 	__u64 caller_resp_bytes;	/* of direct_bytes, straight into a same-host caller's socket */
+	__u64 rx_cut_bytes;		/* retransmitted bytes a verdict had seen before: cut off */
+	__u64 rx_uncut;			/* segments that could not be cut: dropped, data lost */
 };
 
 /* The hash of a service path: 64-bit FNV-1a, computed incrementally by the

@@ -48,6 +48,8 @@ enum {
 	C_PASSIVE_DOWNS,
 	C_CHECKS_FAILED,
 	C_HANDBACKS,
+	C_RETRANSMIT_CUT,
+	C_RETRANSMIT_UNCUT,
 	C_MAX,
 };
 
@@ -66,6 +68,8 @@ static const char *const counter_key[C_MAX] = {
 	[C_PASSIVE_DOWNS] = "passive_downs",
 	[C_CHECKS_FAILED] = "checks_failed",
 	[C_HANDBACKS] = "handbacks",
+	[C_RETRANSMIT_CUT] = "retransmit_bytes_cut",
+	[C_RETRANSMIT_UNCUT] = "retransmit_cut_failures",
 };
 
 struct counters {
@@ -303,6 +307,8 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 		k.caller_resp_bytes += s->caller_resp_bytes;
 		k.requests += s->requests;
 		k.handbacks += s->handbacks;
+		k.rx_cut_bytes += s->rx_cut_bytes;
+		k.rx_uncut += s->rx_uncut;
 	}
 	memset(out, 0, sizeof(*out));
 	out->v[C_CONNS_ACTIVE] = pi->conns_active;
@@ -319,6 +325,8 @@ static int inst_counters(struct collect *c, uint32_t slot, struct counters *out)
 	out->v[C_PASSIVE_DOWNS] = pi->passive_downs;
 	out->v[C_CHECKS_FAILED] = pi->checks_failed;
 	out->v[C_HANDBACKS] = k.handbacks;
+	out->v[C_RETRANSMIT_CUT] = k.rx_cut_bytes;
+	out->v[C_RETRANSMIT_UNCUT] = k.rx_uncut;
 	return 0;
 }
 

@@ -216,6 +216,32 @@ test_nginx_instance_reads_a_large_upload() {
 	stop_pathsplice
 }
 
+# TCP queues a retransmitted segment that overlaps bytes it has already
+# received whole, and tcp_read_skb() hands all of it to the stream verdict.
+# An nginx socket under receive-memory pressure (uploads arriving faster than
+# it stores them: segments dropped, then sent again in one) had one segment
+# read twice, and nginx took body bytes for the next request's head (400).
+# The verdicts cut off what they have seen before.
+test_concurrent_uploads_to_nginx_stay_byte_exact() {
+	local i out n=$((64 << 20)) reps=16 pids=()
+	nginx_setup || return 1
+	for i in 1 2 3 4; do
+		"$TOOLS/ps-client" upload "127.0.0.1:$PS_PORT" /svc/up "$n" --method PUT \
+			--repeat "$reps" --timeout 30 >"$T_DIR/upload$i.out" 2>&1 &
+		pids+=($!)
+	done
+	for i in 1 2 3 4; do
+		wait "${pids[i - 1]}"
+		out=$(cat "$T_DIR/upload$i.out")
+		expect_match "$out" "^ok $reps uploads of $n\$" "client $i: $reps PUTs of 64 MiB" || return 1
+	done
+	expect_eq "$(md5sum <"$T_DIR/nginx/www/svc/up")" "$(md5sum <"$T_DIR/nginx/www/svc/big")" \
+		"stored bytes" &&
+	expect_eq "$(totals retransmit_cut_failures)" 0 "segments that could not be cut" || return 1
+	echo "    $(totals retransmit_bytes_cut) retransmitted bytes cut by the verdicts"
+	stop_pathsplice
+}
+
 # A GET goes straight into the instance; a POST behind it must take the TCP
 # connection, so it waits (hand-back) until the GET is answered: the instance
 # reads them in order, and the answers come back in order.

@@ -614,6 +614,8 @@ static void put_kernel_stats(struct stats_maps *m, __u32 slot, uint64_t requests
 		v[c].caller_req_bytes = 30;
 		v[c].caller_resp_bytes = 70;
 		v[c].handbacks = 1;
+		v[c].rx_cut_bytes = 65483;
+		v[c].rx_uncut = 2;
 	}
 	assert_int_equal(bpf_map_update_elem(m->inst_stats_fd, &slot, v, 0), 0);
 	free(v);
@@ -681,6 +683,8 @@ static void test_collect_from_maps(void **state)
 	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_from_caller_direct")), 30 * ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "bytes_to_caller_direct")), 70 * ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "handbacks")), ncpu);
+	assert_int_equal(json_integer_value(json_object_get(inst, "retransmit_bytes_cut")), 65483 * ncpu);
+	assert_int_equal(json_integer_value(json_object_get(inst, "retransmit_cut_failures")), 2 * ncpu);
 	assert_int_equal(json_integer_value(json_object_get(inst, "retries")), 2);
 	inst = json_array_get(json_object_get(svc, "instances"), 1);
 	assert_string_equal(json_string_value(json_object_get(inst, "id")), "b");
