@@ -185,6 +185,11 @@ status() {
 	curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$@" "$(url "$path")"
 }
 
+# totals FIELD: a total of the daemon's stats, from its pinned maps
+totals() {
+	"$PATHSPLICE" status --pin-dir "$PS_PIN" --json | jq -r ".totals.$1"
+}
+
 expect_eq() {
 	[ "$1" = "$2" ] || fail "${3:-value}: expected '$2', got '$1'"
 }

@@ -36,6 +36,23 @@ test_64mib_upload_is_byte_exact() {
 	stop_pathsplice
 }
 
+# A retransmission that overlaps acknowledged bytes is queued whole by TCP,
+# and tcp_read_skb() gives all of it to the verdict: it must cut what it has
+# seen. The client moves its connection to a repaired socket whose send
+# queue starts 200 bytes back (ps-client resend).
+test_retransmission_overlapping_acknowledged_bytes_is_cut() {
+	bodies_setup || return 1
+	local n=$((4 << 20)) out sent got
+	out=$("$TOOLS/ps-client" resend "127.0.0.1:$PS_PORT" "/bulk/up?sink=1" "$n") ||
+		return 1
+	sent=$(grep '^sent ' <<<"$out" | cut -d' ' -f2-)
+	got=$(grep -v '^sent ' <<<"$out" | head -1)
+	expect_eq "$got" "$sent" "backend received (length crc)" &&
+	expect_eq "$(totals retransmit_bytes_cut)" 200 "bytes the verdict cut" &&
+	expect_eq "$(totals retransmit_cut_failures)" 0 "segments it could not cut" &&
+	stop_pathsplice
+}
+
 test_curl_upload_with_expect_continue() {
 	bodies_setup || return 1
 	head -c $((3 << 20)) /dev/urandom >"$T_DIR/file"

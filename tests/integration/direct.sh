@@ -14,11 +14,6 @@ direct_setup() {
 
 PS_HB_ORDER=8	# enum ps_handback in include/pathsplice.h
 
-# totals FIELD: a total of the daemon's stats, from its pinned maps
-totals() {
-	"$PATHSPLICE" status --pin-dir "$PS_PIN" --json | jq -r ".totals.$1"
-}
-
 # the cgroup v2 root, where the daemon attaches its sockops program
 cgroup2_root() {
 	awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts

@@ -14,6 +14,7 @@
  * The socket is non-blocking and every wait is a poll() against it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -773,6 +774,192 @@ static int mode_upload(const char *addr, char **args, int nargs)
 	return 0;
 }
 
+/* ---- resend: a retransmission that overlaps acknowledged bytes --------- */
+
+/* Acknowledged bytes sent again in one segment with new ones. Few: the
+ * first retransmission (a tail loss probe) must carry all of them, or the
+ * peer's answer to it acknowledges the old bytes and they are dropped. */
+#define RESEND_OLD	200
+#define RESEND_NEW	200
+
+static void tcp_setopt(int fd, int opt, const void *v, socklen_t len, const char *what)
+{
+	if (setsockopt(fd, IPPROTO_TCP, opt, v, len))
+		fail("%s: %s", what, strerror(errno));
+}
+
+static void tcp_setint(int fd, int opt, int v, const char *what)
+{
+	tcp_setopt(fd, opt, &v, sizeof(v), what);
+}
+
+/* In repair mode: the sequence number of a queue's next byte. */
+static uint32_t queue_seq(int fd, int queue)
+{
+	uint32_t seq;
+	socklen_t len = sizeof(seq);
+
+	tcp_setint(fd, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE");
+	if (getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, &len))
+		fail("TCP_QUEUE_SEQ: %s", strerror(errno));
+	return seq;
+}
+
+/* Wait until the peer has acknowledged every byte sent. */
+static void wait_acked(struct client *c, const char *what)
+{
+	struct tcp_info ti;
+	socklen_t len;
+
+	for (;;) {
+		len = sizeof(ti);
+		if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
+			fail("TCP_INFO: %s", strerror(errno));
+		if (!ti.tcpi_unacked)
+			return;
+		if (now() > c->deadline)
+			fail("timed out after %gs waiting for %s to be acknowledged",
+			     g_opt.timeout, what);
+		usleep(2000);
+	}
+}
+
+static void send_pattern_range(struct client *c, uint64_t from, uint64_t to, uint32_t *crc)
+{
+	uint8_t buf[16384];
+
+	while (from < to) {
+		size_t n = to - from < sizeof(buf) ? (size_t)(to - from) : sizeof(buf);
+
+		ps_pattern_fill(buf, from, n);
+		*crc = (uint32_t)crc32(*crc, buf, (uInt)n);
+		send_or_fail(c, buf, n, "the request body");
+		from += n;
+	}
+}
+
+/*
+ * The connection moves, in TCP repair mode (as CRIU restores one), to a new
+ * socket whose send queue starts RESEND_OLD bytes before what the peer has
+ * acknowledged: its retransmission timer then sends those bytes again in one
+ * segment with RESEND_NEW new ones, and the peer's TCP queues it whole.
+ */
+static void resend_overlap(struct client *c, uint64_t at)
+{
+	struct sockaddr_in local, peer;
+	struct tcp_repair_window win;
+	struct tcp_repair_opt opts[4];
+	struct tcp_info ti;
+	socklen_t len;
+	uint32_t snd, rcv, tsval;
+	int fd, mss, one = 1, nopt = 0;
+	uint8_t buf[RESEND_OLD + RESEND_NEW];
+
+	len = sizeof(local);
+	if (getsockname(c->fd, (struct sockaddr *)&local, &len))
+		fail("getsockname: %s", strerror(errno));
+	len = sizeof(peer);
+	if (getpeername(c->fd, (struct sockaddr *)&peer, &len))
+		fail("getpeername: %s", strerror(errno));
+	tcp_setint(c->fd, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR (needs CAP_NET_ADMIN)");
+	snd = queue_seq(c->fd, TCP_SEND_QUEUE);
+	rcv = queue_seq(c->fd, TCP_RECV_QUEUE);
+	len = sizeof(win);
+	if (getsockopt(c->fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &len))
+		fail("TCP_REPAIR_WINDOW: %s", strerror(errno));
+	len = sizeof(mss);
+	if (getsockopt(c->fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &len))
+		fail("TCP_MAXSEG: %s", strerror(errno));
+	len = sizeof(ti);
+	if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
+		fail("TCP_INFO: %s", strerror(errno));
+	len = sizeof(tsval);
+	if (getsockopt(c->fd, IPPROTO_TCP, TCP_TIMESTAMP, &tsval, &len))
+		fail("TCP_TIMESTAMP: %s", strerror(errno));
+	close(c->fd);	/* in repair mode: nothing is sent */
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		fail("socket: %s", strerror(errno));
+	c->fd = fd;
+	tcp_setint(fd, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR");
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&local, sizeof(local)))
+		fail("bind to the connection's own address: %s", strerror(errno));
+	tcp_setint(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE");
+	tcp_setint(fd, TCP_QUEUE_SEQ, (int)(snd - RESEND_OLD), "TCP_QUEUE_SEQ (send)");
+	tcp_setint(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE");
+	tcp_setint(fd, TCP_QUEUE_SEQ, (int)rcv, "TCP_QUEUE_SEQ (receive)");
+	if (connect(fd, (struct sockaddr *)&peer, sizeof(peer)))
+		fail("connect in repair mode: %s", strerror(errno));
+	/* the peer drops a segment whose timestamp is older than the last one
+	 * (PAWS), or missing: its clock goes on */
+	opts[nopt++] = (struct tcp_repair_opt){ TCPOPT_MAXSEG, (uint32_t)mss };
+	if (ti.tcpi_options & TCPI_OPT_TIMESTAMPS) {
+		opts[nopt++] = (struct tcp_repair_opt){ TCPOPT_TIMESTAMP, 0 };
+		tcp_setint(fd, TCP_TIMESTAMP, (int)tsval, "TCP_TIMESTAMP");
+	}
+	if (ti.tcpi_options & TCPI_OPT_WSCALE)
+		opts[nopt++] = (struct tcp_repair_opt){ TCPOPT_WINDOW,
+			ti.tcpi_snd_wscale | (uint32_t)ti.tcpi_rcv_wscale << 16 };
+	if (ti.tcpi_options & TCPI_OPT_SACK)
+		opts[nopt++] = (struct tcp_repair_opt){ TCPOPT_SACK_PERMITTED, 0 };
+	tcp_setopt(fd, TCP_REPAIR_OPTIONS, opts, (socklen_t)(nopt * sizeof(opts[0])),
+		   "TCP_REPAIR_OPTIONS");
+	tcp_setopt(fd, TCP_REPAIR_WINDOW, &win, sizeof(win), "TCP_REPAIR_WINDOW");
+	/* queued as sent already: only the retransmission timer sends it */
+	tcp_setint(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE");
+	ps_pattern_fill(buf, at - RESEND_OLD, sizeof(buf));
+	if (send(fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+		fail("queueing the resent bytes: %s", strerror(errno));
+	wait_acked(c, "the resent segment");
+	tcp_setint(fd, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP, "TCP_REPAIR off");
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK))
+		fail("O_NONBLOCK: %s", strerror(errno));
+}
+
+/* resend: POST BYTES pattern bytes, halfway sending acknowledged ones again. */
+static int mode_resend(const char *addr, char **args, int nargs)
+{
+	struct client c;
+	struct response r;
+	struct body_acc a;
+	uint64_t bytes, half;
+	uint32_t crc = (uint32_t)crc32(0, NULL, 0);
+	char extra[64];
+
+	(void)nargs;
+	if (!ps_parse_dec(args[1], strlen(args[1]), PS_CHUNK_MAX, &bytes) ||
+	    bytes < 4 * (RESEND_OLD + RESEND_NEW))
+		fail("bad byte count %s (at least %d)", args[1], 4 * (RESEND_OLD + RESEND_NEW));
+	half = bytes / 2;
+	snprintf(extra, sizeof(extra), "Content-Length: %llu\r\n", (unsigned long long)bytes);
+	client_connect(&c, addr, 0);
+	send_request(&c, "POST", args[0], extra);
+	send_pattern_range(&c, 0, half, &crc);
+	wait_acked(&c, "the first half");
+	resend_overlap(&c, half);
+	/* the new bytes went in the resent segment */
+	{
+		uint8_t buf[RESEND_NEW];
+
+		ps_pattern_fill(buf, half, sizeof(buf));
+		crc = (uint32_t)crc32(crc, buf, sizeof(buf));
+	}
+	send_pattern_range(&c, half + RESEND_NEW, bytes, &crc);
+
+	read_response(&c, &r, false, "response");
+	acc_init(&a, false);
+	read_body(&c, &r, &a, "response body");
+	if (r.status < 200 || r.status > 299)
+		fail("HTTP %d from %s: %.*s", r.status, r.instance, (int)a.line_len, a.line);
+	put_escaped(a.line, a.line_len);
+	printf("\nsent %llu %08x\n", (unsigned long long)bytes, crc);
+	client_close(&c);
+	return 0;
+}
+
 /* download: GET BYTES pattern bytes and verify every one. */
 static int mode_download(const char *addr, char **args, int nargs)
 {
@@ -1265,6 +1452,10 @@ static void usage(FILE *f)
 		"                               --repeat N, N uploads on one connection, each\n"
 		"                               sink answer checked against what was sent; prints\n"
 		"                               \"ok N uploads of BYTES\"\n"
+		"  resend HOST:PORT PATH BYTES  POST BYTES pattern bytes (PATH with ?sink=1);\n"
+		"                               halfway, 200 acknowledged bytes go again in\n"
+		"                               one segment with 200 new ones (TCP repair\n"
+		"                               mode, root); prints as upload does\n"
 		"  download HOST:PORT PATH BYTES  GET (PATH with ?bytes=BYTES), verify length\n"
 		"                               and pattern; prints \"ok BYTES CRC32HEX\"\n"
 		"  stall HOST:PORT PATH SECONDS  SO_RCVBUF 16 KiB (--rcvbuf), read 1 KiB, stop reading for\n"
@@ -1405,6 +1596,7 @@ static const struct mode {
 	{ "keepalive", 1, -1, mode_keepalive },
 	{ "halfclose", 1, 1, mode_halfclose },
 	{ "upload", 2, 2, mode_upload },
+	{ "resend", 2, 2, mode_resend },
 	{ "download", 2, 2, mode_download },
 	{ "stall", 2, 2, mode_stall },
 	{ "ws", 1, -1, mode_ws },
