@@ -788,6 +788,12 @@ static void tcp_setopt(int fd, int opt, const void *v, socklen_t len, const char
 		fail("%s: %s", what, strerror(errno));
 }
 
+static void tcp_getopt(int fd, int opt, void *v, socklen_t len, const char *what)
+{
+	if (getsockopt(fd, IPPROTO_TCP, opt, v, &len))
+		fail("%s: %s", what, strerror(errno));
+}
+
 static void tcp_setint(int fd, int opt, int v, const char *what)
 {
 	tcp_setopt(fd, opt, &v, sizeof(v), what);
@@ -797,11 +803,9 @@ static void tcp_setint(int fd, int opt, int v, const char *what)
 static uint32_t queue_seq(int fd, int queue)
 {
 	uint32_t seq;
-	socklen_t len = sizeof(seq);
 
 	tcp_setint(fd, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE");
-	if (getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, &len))
-		fail("TCP_QUEUE_SEQ: %s", strerror(errno));
+	tcp_getopt(fd, TCP_QUEUE_SEQ, &seq, sizeof(seq), "TCP_QUEUE_SEQ");
 	return seq;
 }
 
@@ -809,12 +813,9 @@ static uint32_t queue_seq(int fd, int queue)
 static void wait_acked(struct client *c, const char *what)
 {
 	struct tcp_info ti;
-	socklen_t len;
 
 	for (;;) {
-		len = sizeof(ti);
-		if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
-			fail("TCP_INFO: %s", strerror(errno));
+		tcp_getopt(c->fd, TCP_INFO, &ti, sizeof(ti), "TCP_INFO");
 		if (!ti.tcpi_unacked)
 			return;
 		if (now() > c->deadline)
@@ -864,18 +865,10 @@ static void resend_overlap(struct client *c, uint64_t at)
 	tcp_setint(c->fd, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR (needs CAP_NET_ADMIN)");
 	snd = queue_seq(c->fd, TCP_SEND_QUEUE);
 	rcv = queue_seq(c->fd, TCP_RECV_QUEUE);
-	len = sizeof(win);
-	if (getsockopt(c->fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &len))
-		fail("TCP_REPAIR_WINDOW: %s", strerror(errno));
-	len = sizeof(mss);
-	if (getsockopt(c->fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &len))
-		fail("TCP_MAXSEG: %s", strerror(errno));
-	len = sizeof(ti);
-	if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len))
-		fail("TCP_INFO: %s", strerror(errno));
-	len = sizeof(tsval);
-	if (getsockopt(c->fd, IPPROTO_TCP, TCP_TIMESTAMP, &tsval, &len))
-		fail("TCP_TIMESTAMP: %s", strerror(errno));
+	tcp_getopt(c->fd, TCP_REPAIR_WINDOW, &win, sizeof(win), "TCP_REPAIR_WINDOW");
+	tcp_getopt(c->fd, TCP_MAXSEG, &mss, sizeof(mss), "TCP_MAXSEG");
+	tcp_getopt(c->fd, TCP_INFO, &ti, sizeof(ti), "TCP_INFO");
+	tcp_getopt(c->fd, TCP_TIMESTAMP, &tsval, sizeof(tsval), "TCP_TIMESTAMP");
 	close(c->fd);	/* in repair mode: nothing is sent */
 
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
