@@ -714,20 +714,20 @@ static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_con
  * 65483 bytes passed on before it). So each socket keeps the sequence number
  * its verdict expects next, and whatever comes before it is cut off here.
  */
-struct rx_seq {
-	__u32 next;			/* sequence number expected next */
-	__u32 known;			/* next is set */
-	__u64 owner;			/* an instance's socket: backend_owner, for ps_rx */
+/* The daemon's sockets keep theirs in struct ps_conn; the instances'
+ * sockets here, by cookie (sk_skb programs get no socket storage), with the
+ * proxy socket at the other end, for the counters. Sized by userspace. */
+struct inst_rx {
+	struct ps_rx_seq seq;
+	__u64 owner;			/* backend_owner */
 };
 
-/* Keyed by socket cookie: sk_skb programs have no socket storage. Sized by
- * userspace for every spliced socket and every instance socket, twice. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 2 * PS_DEFAULT_MAX_CONNS);
-	__type(key, __u64);		/* socket cookie */
-	__type(value, struct rx_seq);
-} rx_seqs SEC(".maps");
+	__uint(max_entries, PS_DEFAULT_MAX_CONNS);
+	__type(key, __u64);		/* the instance socket's cookie */
+	__type(value, struct inst_rx);
+} inst_rxs SEC(".maps");
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
@@ -752,31 +752,22 @@ static long rx_cut_step(__u32 i, struct rx_cut *x)
 	return 0;
 }
 
-/* Cut off what the socket's verdict has seen before (*cut: how many bytes;
- * *owner: rx_seq.owner). RX_NEW: go on with what is left; RX_OLD: nothing
- * new, drop it; RX_UNCUT: the segment could not be cut, and is dropped too
- * (counted: data lost). */
-static __always_inline enum rx_order rx_in_order(struct __sk_buff *skb, __u64 cookie,
-						 __u32 *cut, __u64 *owner)
+/* Cut off what the socket's verdict has seen before, by *rs (*cut: how many
+ * bytes). RX_NEW: go on with what is left; RX_OLD: nothing new, drop it;
+ * RX_UNCUT: the segment could not be cut, and is dropped too (counted: data
+ * lost). Verdict runs on one socket never overlap (tcp_read_skb() runs under
+ * the socket's lock): *rs is theirs alone. */
+static __always_inline enum rx_order rx_in_order(struct __sk_buff *skb, struct ps_rx_seq *rs,
+						 __u32 *cut)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	struct tcp_skb_cb *cb = (struct tcp_skb_cb *)kskb->cb;
 	struct bpf_sock *sk = skb->sk;
-	struct rx_seq *rs, fresh = {};
 	struct tcp_sock *tp;
 	struct rx_cut x;
 	__u32 seq, end, left;
 
 	*cut = 0;
-	*owner = 0;
-	rs = bpf_map_lookup_elem(&rx_seqs, &cookie);
-	if (!rs) {
-		bpf_map_update_elem(&rx_seqs, &cookie, &fresh, BPF_NOEXIST);
-		rs = bpf_map_lookup_elem(&rx_seqs, &cookie);
-		if (!rs)
-			return RX_NEW;
-	}
-	*owner = rs->owner;
 	seq = cb->seq;
 	end = cb->end_seq;
 	if (!rs->known) {
@@ -838,22 +829,23 @@ int ps_verdict(struct __sk_buff *skb)
 	struct walk *w;
 	enum req_path path;
 	__u32 *slot, peer, reason, depth, cut, zero = 0;
-	__u64 owner;
 	enum rx_order order;
 	int verdict;
 
 	/* a FIN arrives as an empty segment: epoll reports it, nothing to move */
 	if (skb->len == 0)
 		return SK_DROP;
-	order = rx_in_order(skb, cookie, &cut, &owner);
 	slot = bpf_map_lookup_elem(&conn_index, &cookie);
-	c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
-	if (cut && c)
+	if (!slot)
+		return SK_PASS;
+	c = bpf_map_lookup_elem(&conns, slot);
+	if (!c)
+		return SK_PASS;
+	order = rx_in_order(skb, &c->rx, &cut);
+	if (cut)
 		rx_count(c->inst, order, cut);
 	if (order != RX_NEW)
 		return SK_DROP;
-	if (!c)
-		return SK_PASS;
 	peer = c->peer;
 	p = bpf_map_lookup_elem(&conns, &peer);
 	s = bpf_map_lookup_elem(&scratch, &zero);
@@ -920,7 +912,7 @@ SEC("sockops")
 int ps_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct rx_seq rs = {};
+	struct inst_rx rx = {};
 	struct ps_caller *cs;
 	struct ps_tuple t;
 	__u64 cookie, inst_sk, *owner, *found;
@@ -965,9 +957,9 @@ int ps_sockops(struct bpf_sock_ops *skops)
 		if (!owner)
 			return 1;
 		*owner = cookie;
-		rs.owner = cookie;
+		rx.owner = cookie;
 		inst_sk = bpf_get_socket_cookie(skops);
-		bpf_map_update_elem(&rx_seqs, &inst_sk, &rs, BPF_ANY);
+		bpf_map_update_elem(&inst_rxs, &inst_sk, &rx, BPF_ANY);
 		bpf_sock_hash_update(skops, &backends, &cookie, BPF_NOEXIST);
 		return 1;
 	}
@@ -985,17 +977,26 @@ int ps_sockops(struct bpf_sock_ops *skops)
 SEC("sk_skb/stream_verdict")
 int ps_rx(struct __sk_buff *skb)
 {
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct inst_rx *rx, fresh = {};
 	enum rx_order order;
-	__u64 owner;
 	__u32 *slot, cut;
 	struct ps_conn *c;
 
 	if (!skb->len)
 		return SK_DROP;
-	order = rx_in_order(skb, bpf_get_socket_cookie(skb), &cut, &owner);
-	if (cut && owner) {
+	rx = bpf_map_lookup_elem(&inst_rxs, &cookie);
+	if (!rx) {
+		/* put there by ps_sockops, unless the LRU dropped it */
+		bpf_map_update_elem(&inst_rxs, &cookie, &fresh, BPF_NOEXIST);
+		rx = bpf_map_lookup_elem(&inst_rxs, &cookie);
+		if (!rx)
+			return SK_PASS;
+	}
+	order = rx_in_order(skb, &rx->seq, &cut);
+	if (cut && rx->owner) {
 		/* the instance: that of the proxy's socket at the other end */
-		slot = bpf_map_lookup_elem(&conn_index, &owner);
+		slot = bpf_map_lookup_elem(&conn_index, &rx->owner);
 		c = slot ? bpf_map_lookup_elem(&conns, slot) : NULL;
 		if (c)
 			rx_count(c->inst, order, cut);

@@ -165,6 +165,14 @@ enum ps_handback {
  * side's msgs): until then a segment that must take it is handed back
  * (PS_HB_ORDER) and userspace waits for the answers before relaying it.
  */
+/* How far a stream verdict has seen a socket's byte stream: TCP hands it a
+ * retransmission that overlaps what it had seen whole (splice.bpf.c,
+ * rx_in_order()). Zero until the verdict's first segment. */
+struct ps_rx_seq {
+	__u32 next;			/* sequence number expected next */
+	__u32 known;			/* next is set */
+};
+
 struct ps_conn {
 	/* set by userspace before the socket enters the sockhash */
 	__u32 peer;			/* conns index of the other socket */
@@ -223,6 +231,7 @@ struct ps_conn {
 	__u32 msgs;			/* client: request heads sent on; backend: responses completed */
 	__u32 pad1;
 	__u64 head_bits;		/* client: bit (i % 64) set if request i is HEAD */
+	struct ps_rx_seq rx;		/* the verdict's: what it has seen of the socket */
 	struct ps_frame fr;
 	__u8 path[PS_PATH_MAX];		/* the request target so far, for exact route checks */
 };

@@ -258,7 +258,7 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	bpf_map__set_max_entries(skel->maps.sockets, opts->max_conns);
 	bpf_map__set_max_entries(skel->maps.conn_index, opts->max_conns);
 	bpf_map__set_max_entries(skel->maps.conns, opts->max_conns);
-	bpf_map__set_max_entries(skel->maps.rx_seqs, 2 * opts->max_conns);
+	bpf_map__set_max_entries(skel->maps.inst_rxs, opts->max_conns);
 	skel->rodata->fc_limit = opts->fc_limit;
 
 	err = splice_bpf__load(skel);
