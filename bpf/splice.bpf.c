@@ -713,10 +713,11 @@ static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_con
  * segments, and a 261932-byte retransmission came back starting with the
  * 65483 bytes passed on before it). So each socket keeps the sequence number
  * its verdict expects next, and whatever comes before it is cut off here.
+ *
+ * The daemon's sockets keep theirs in struct ps_conn; the instances' sockets
+ * in inst_rxs, by cookie (sk_skb programs get no socket storage), with the
+ * proxy socket at the other end, for the counters. Sized by userspace.
  */
-/* The daemon's sockets keep theirs in struct ps_conn; the instances'
- * sockets here, by cookie (sk_skb programs get no socket storage), with the
- * proxy socket at the other end, for the counters. Sized by userspace. */
 struct inst_rx {
 	struct ps_rx_seq seq;
 	__u64 owner;			/* backend_owner */

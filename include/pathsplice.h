@@ -111,6 +111,14 @@ enum ps_handback {
 	PS_HB_MAX,
 };
 
+/* How far a stream verdict has seen a socket's byte stream: TCP hands it a
+ * retransmission that overlaps what it had seen whole (splice.bpf.c,
+ * rx_in_order()). Zero until the verdict's first segment. */
+struct ps_rx_seq {
+	__u32 next;			/* sequence number expected next */
+	__u32 known;			/* next is set */
+};
+
 /*
  * One spliced socket: value of the mmapable `conns` array. The index is the
  * socket's key in the `sockets` sockhash; `conn_index` maps its cookie to it.
@@ -165,14 +173,6 @@ enum ps_handback {
  * side's msgs): until then a segment that must take it is handed back
  * (PS_HB_ORDER) and userspace waits for the answers before relaying it.
  */
-/* How far a stream verdict has seen a socket's byte stream: TCP hands it a
- * retransmission that overlaps what it had seen whole (splice.bpf.c,
- * rx_in_order()). Zero until the verdict's first segment. */
-struct ps_rx_seq {
-	__u32 next;			/* sequence number expected next */
-	__u32 known;			/* next is set */
-};
-
 struct ps_conn {
 	/* set by userspace before the socket enters the sockhash */
 	__u32 peer;			/* conns index of the other socket */
