@@ -471,9 +471,28 @@ void splice_kick(int fd)
 	(void)!recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
 }
 
-void splice_arm(struct ps_conn *c, uint64_t consumed)
+/* Wait for the verdict runs in progress on the socket to end. */
+static void verdicts_idle(const struct ps_conn *c)
 {
-	__atomic_store_n(&c->arm, consumed + 1, __ATOMIC_RELEASE);
+	while (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST))
+		__builtin_ia32_pause();
+}
+
+bool splice_arm(struct ps_conn *c, uint64_t consumed)
+{
+	__u64 arm = consumed + 1;
+
+	__atomic_store_n(&c->arm, arm, __ATOMIC_SEQ_CST);
+	/* a verdict run that read the arm before it was set may still pass a
+	 * segment: once none is running, every one that passed has counted it
+	 * (runs count themselves busy before they look at the arm) */
+	verdicts_idle(c);
+	if (__atomic_load_n(&c->passed, __ATOMIC_SEQ_CST) == consumed)
+		return true;
+	/* the arm can never match now: no verdict takes it, and as long as it
+	 * is set userspace would not read what was passed */
+	return !__atomic_compare_exchange_n(&c->arm, &arm, 0, false, __ATOMIC_SEQ_CST,
+					    __ATOMIC_SEQ_CST);
 }
 
 void splice_take(struct ps_conn *c)
@@ -482,8 +501,7 @@ void splice_take(struct ps_conn *c)
 		__atomic_exchange_n(&c->arm, 0, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&c->mode, PS_MODE_USER, __ATOMIC_SEQ_CST);
 		/* pairs with the verdict's busy increment before it reads mode */
-		while (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST))
-			__builtin_ia32_pause();
+		verdicts_idle(c);
 		/* a run that consumed the arm just before may have set KERNEL */
 		if (__atomic_load_n(&c->mode, __ATOMIC_SEQ_CST) == PS_MODE_USER)
 			return;

@@ -92,8 +92,10 @@ void datapath_remove(struct datapath *dp, int slot, uint64_t cookie);
 /* Make the verdict look at bytes queued before the socket entered the map. */
 void splice_kick(int fd);
 
-/* Hand a USER-mode socket to the kernel once it has read `consumed` bytes. */
-void splice_arm(struct ps_conn *c, uint64_t consumed);
+/* Hand a USER-mode socket to the kernel once it has read `consumed` bytes,
+ * all it was passed. False if the verdict passed more meanwhile: the arm is
+ * withdrawn, and those bytes are userspace's to read. */
+bool splice_arm(struct ps_conn *c, uint64_t consumed);
 
 /* Take a socket back from the kernel now; returns once no verdict run that
  * saw the old mode is still in progress. */

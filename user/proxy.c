@@ -1176,7 +1176,10 @@ static void dir_try_arm(struct dir *d)
 	d->armed_at = d->consumed + 1;
 	d->ordered = false;
 	pc->fc_next = 0;	/* userspace wrote into the peer: the kernel looks again */
-	splice_arm(pc, d->consumed);
+	if (!splice_arm(pc, d->consumed)) {
+		d->armed_at = 0;	/* a segment came first: read it, arm again */
+		poll_later(c);
+	}
 }
 
 /* The whole stream of src has been delivered: shut dst down. */
