@@ -875,8 +875,10 @@ static void resend_overlap(struct client *c, uint64_t at)
 	if (fd < 0)
 		fail("socket: %s", strerror(errno));
 	c->fd = fd;
+	/* repair mode forces the bind past other sockets on the port (an
+	 * ephemeral port is shared by connections to other peers); SO_REUSEADDR
+	 * set after it would take that back */
 	tcp_setint(fd, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR");
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&local, sizeof(local)))
 		fail("bind to the connection's own address: %s", strerror(errno));
 	tcp_setint(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE");
