@@ -84,6 +84,17 @@ wait_port() {
 	return 1
 }
 
+# load_client CMD...: run a load generator in a session of its own, as the
+# client services it stands for would be. With sched_autogroup (on by
+# default), a session whose processes keep both CPUs busy left kernel
+# workers and ksoftirqd runnable but waiting for seconds (Linux 6.18, even
+# for wrk against a backend with no pathsplice at all); sk_skb redirects
+# are sent by such a worker, so a load generator in the tests' own session
+# held fresh connections up for seconds.
+load_client() {
+	setsid -w "$@"
+}
+
 fail() {
 	echo "    FAIL: $*" >&2
 	return 1

@@ -68,7 +68,7 @@ test_upgrade_under_load_drops_nothing() {
 	EOT
 	start_pathsplice "$T_DIR/registry.json" --drain-timeout 20s || return 1
 	local old=$PS_PID
-	wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service1/ka)" >"$T_DIR/wrk" 2>&1 &
+	load_client wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service1/ka)" >"$T_DIR/wrk" 2>&1 &
 	local w=$!
 	(
 		end=$(($(date +%s) + secs))

@@ -167,15 +167,11 @@ test_registry_churn_under_load_fails_no_request() {
 		mv "$T_DIR/next.json" "$T_DIR/registry.json"
 	}
 	churn_registry 31
-	# KNOWN BUG (README, Limits): with same-host callers accelerated, about
-	# one fresh curl connection in 200 hangs here (the daemon never routes
-	# it) on some machines; this test checks the registry side, so its
-	# clients are plain TCP clients
-	start_pathsplice "$T_DIR/registry.json" --direct-callers off || return 1
+	start_pathsplice "$T_DIR/registry.json" || return 1
 	# keep-alive load on both services, and a stream of fresh connections
-	wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service1/load)" >"$T_DIR/wrk1" 2>&1 &
+	load_client wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service1/load)" >"$T_DIR/wrk1" 2>&1 &
 	local w1=$!
-	wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service2/load)" >"$T_DIR/wrk2" 2>&1 &
+	load_client wrk -t1 -c8 -d"${secs}s" --timeout 5s "$(url /service2/load)" >"$T_DIR/wrk2" 2>&1 &
 	local w2=$!
 	(
 		for ((i = 0; i < secs * 20; i++)); do
