@@ -29,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +73,7 @@ struct endpoint {
 	int slot;		/* conns index, -1 when it has none */
 	bool in_map;		/* in the sockhash */
 	bool want_out;		/* wait for EPOLLOUT: a write or a drain is pending */
+	bool drained;		/* a read found the queue empty, no event since */
 	uint64_t cookie;
 	struct ps_conn *pc;	/* the map slot, or `local` without one */
 	struct ps_conn local;
@@ -383,16 +385,25 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 	return acc >= expect || (st != TCP_ESTABLISHED && st != TCP_CLOSE_WAIT);
 }
 
-/* Write into an endpoint from userspace; returns bytes written or -1. */
-static ssize_t ep_send(struct endpoint *ep, const void *buf, size_t len)
+/* Write into an endpoint from userspace, in one system call (one segment
+ * for a small head); returns bytes written or -1. */
+static ssize_t ep_sendv(struct endpoint *ep, struct iovec *iov, size_t n_iov)
 {
-	ssize_t n = send(ep->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n_iov };
+	ssize_t n = sendmsg(ep->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 
 	if (n > 0)
 		ep->pc->out_base += n;
 	else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		n = 0;
 	return n;
+}
+
+static ssize_t ep_send(struct endpoint *ep, const void *buf, size_t len)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+
+	return ep_sendv(ep, &iov, 1);
 }
 
 /* The kernel is still moving bytes into ep: look again when its socket has
@@ -835,7 +846,7 @@ static int dir_read(struct dir *d)
 {
 	ssize_t n;
 
-	if (d->eof || d->src->fd < 0 || dir_kernel_owned(d))
+	if (d->eof || d->src->fd < 0 || d->src->drained || dir_kernel_owned(d))
 		return 0;
 	dir_sync(d);
 	if (!d->buf && !(d->buf = buf_get(d->conn->px)))
@@ -853,16 +864,25 @@ static int dir_read(struct dir *d)
 		d->w = 0;
 	}
 	while (d->e < BUF_SIZE) {
-		n = recv(d->src->fd, d->buf + d->e, BUF_SIZE - d->e, MSG_DONTWAIT);
+		size_t want = BUF_SIZE - d->e;
+
+		n = recv(d->src->fd, d->buf + d->e, want, MSG_DONTWAIT);
 		if (n > 0) {
 			d->e += n;
 			d->consumed += n;
 			d->conn->moved += n;
+			/* the queue is empty: what comes next brings an event of
+			 * its own (edge-triggered), unless it is a FIN already seen */
+			if ((size_t)n < want && !d->fin) {
+				d->src->drained = true;
+				break;
+			}
 		} else if (n == 0) {
 			d->eof = true;
 			d->fin = true;
 			break;
 		} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			d->src->drained = true;
 			break;
 		} else if (errno != EINTR) {
 			return -1;
@@ -1104,6 +1124,8 @@ static int dir_flush(struct dir *d)
 {
 	struct conn *c = d->conn;
 	uint32_t limit = dir_limit(d);
+	struct iovec iov[3];
+	size_t n_iov = 0, before, ins_left = 0, from_buf;
 	ssize_t n;
 
 	if (d->w >= limit || d->dst->fd < 0 || d->shut)
@@ -1115,29 +1137,38 @@ static int dir_flush(struct dir *d)
 		}
 		d->ordered = true;
 	}
-	if (d->ins && d->w == d->ins_at) {
-		size_t left = strlen(d->ins) - d->ins_off;
-
-		n = ep_send(d->dst, d->ins + d->ins_off, left);
-		if (n < 0)
-			return -1;
-		d->ins_off += n;
-		if ((size_t)n < left) {
-			d->dst->want_out = true;
-			return 0;
-		}
-		d->ins = NULL;
+	/* one write: the bytes before an added field, the field, and what
+	 * follows it (the field once the bytes after it may be written too) */
+	before = limit - d->w;
+	if (d->ins && d->ins_at < limit) {
+		before = d->ins_at - d->w;
+		ins_left = strlen(d->ins) - d->ins_off;
 	}
-	if (d->ins && limit > d->ins_at)
-		limit = d->ins_at;
-	n = ep_send(d->dst, d->buf + d->w, limit - d->w);
+	if (before)
+		iov[n_iov++] = (struct iovec){ d->buf + d->w, before };
+	if (ins_left) {
+		iov[n_iov++] = (struct iovec){ (void *)(d->ins + d->ins_off), ins_left };
+		iov[n_iov++] = (struct iovec){ d->buf + d->ins_at, limit - d->ins_at };
+	}
+	if (!n_iov)
+		return 0;
+	n = ep_sendv(d->dst, iov, n_iov);
 	if (n < 0)
 		return -1;
-	d->w += n;
-	c->moved += n;
+	from_buf = (size_t)n < before ? (size_t)n : before;
+	if (ins_left && (size_t)n > before) {
+		size_t k = (size_t)n - before < ins_left ? (size_t)n - before : ins_left;
+
+		d->ins_off += k;
+		if (k == ins_left)
+			d->ins = NULL;
+		from_buf += (size_t)n - before - k;
+	}
+	d->w += from_buf;
+	c->moved += from_buf;
 	if (c->be.fd >= 0)
 		__atomic_fetch_add(d->req ? &conn_inst(c)->user_req_bytes :
-				   &conn_inst(c)->user_resp_bytes, n, __ATOMIC_RELAXED);
+				   &conn_inst(c)->user_resp_bytes, from_buf, __ATOMIC_RELAXED);
 	if (d->w < limit)
 		d->dst->want_out = true;
 	return 0;
@@ -1515,6 +1546,8 @@ static void on_event(struct proxy *px, struct endpoint *ep, uint32_t events)
 
 	if (c->closed)
 		return;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		ep->drained = false;
 	if (events & EPOLLRDHUP) {
 		if (client)
 			c->req.fin = true;
