@@ -85,8 +85,8 @@ wait_port() {
 }
 
 # load_client CMD...: run a load generator in a session of its own, as the
-# client services it stands for would be. With sched_autogroup (on by
-# default), a session whose processes keep both CPUs busy left kernel
+# client services it stands for would be. With sched_autogroup (enabled on this
+# kernel), a session whose processes keep both CPUs busy left kernel
 # workers and ksoftirqd runnable but waiting for seconds (Linux 6.18, even
 # for wrk against a backend with no pathsplice at all); sk_skb redirects
 # are sent by such a worker, so a load generator in the tests' own session
