@@ -1138,7 +1138,8 @@ static int dir_flush(struct dir *d)
 		d->ordered = true;
 	}
 	/* one write: the bytes before an added field, the field, and what
-	 * follows it (the field once the bytes after it may be written too) */
+	 * follows it (the field once the bytes after it may be written too);
+	 * w < limit, and a pending field is never empty, so iov is not */
 	before = limit - d->w;
 	if (d->ins && d->ins_at < limit) {
 		before = d->ins_at - d->w;
@@ -1150,8 +1151,6 @@ static int dir_flush(struct dir *d)
 		iov[n_iov++] = (struct iovec){ (void *)(d->ins + d->ins_off), ins_left };
 		iov[n_iov++] = (struct iovec){ d->buf + d->ins_at, limit - d->ins_at };
 	}
-	if (!n_iov)
-		return 0;
 	n = ep_sendv(d->dst, iov, n_iov);
 	if (n < 0)
 		return -1;
