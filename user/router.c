@@ -313,19 +313,19 @@ int router_lookup(const struct router *r, uint64_t hash, const uint8_t *path, ui
 
 int router_pick(struct router *r, uint32_t svc, uint64_t *tried, struct backend *out)
 {
-	struct ps_service val;
+	const struct router_service *rs;
 	uint64_t start;
 	uint32_t k;
 
 	if (svc >= PS_MAX_SERVICES || !r->svc[svc].live)
 		return -1;
-	/* the instance list as the kernel sees it, in one consistent read */
-	if (bpf_map_lookup_elem(r->dp->services_fd, &r->svc[svc].hash, &val) || val.id != svc)
-		return -1;
+	/* the list router_update() last published, read on its own thread:
+	 * no system call per pick (the services map holds the same list) */
+	rs = &r->svc[svc];
 	start = __atomic_fetch_add(&r->dp->rr[svc], 1, __ATOMIC_RELAXED);
-	for (k = 0; k < val.n_inst && k < PS_SVC_MAX_INST; k++) {
-		uint32_t pos = (start + k) % val.n_inst;
-		uint32_t slot = val.inst[pos];
+	for (k = 0; k < rs->n_inst && k < PS_SVC_MAX_INST; k++) {
+		uint32_t pos = (start + k) % rs->n_inst;
+		uint32_t slot = rs->slot[pos];
 		const struct ps_instance *pi;
 
 		if (*tried & (1ULL << pos) || slot >= PS_MAX_INSTANCES)
