@@ -10,8 +10,10 @@
  *               bytes. Each direction is relayed here while the kernel has
  *               handed it back, and armed again once userspace holds no byte
  *               of it and the stream is at a point the kernel can continue.
- *   LINGER      an error answer was sent; the client's input is drained
- *               for a while before close so the answer is not lost to a RST.
+ *   LINGER      the last answer was sent and the client still had bytes we
+ *               had not read (or had not shown it had none): its input is
+ *               drained for a while before close so the answer is not lost
+ *               to a RST. A client with nothing unread is closed at once.
  *
  * A keep-alive request for another service blocks the request direction at
  * the start of that request until every earlier response has reached the
@@ -160,6 +162,19 @@ struct proxy_hook {
 #define MAX_HOOKS	4
 #define HOUSEKEEPING_MS	1000
 
+/*
+ * What an epoll event is for, by file descriptor (an event carries the fd
+ * and the generation of its registration). A kept instance connection stays
+ * registered while it rests in the pool, with no endpoint: leaving the pool
+ * and going back cost no epoll_ctl. An event for an fd closed (and perhaps
+ * opened again) earlier in the same batch has an old generation: ignored.
+ */
+struct fd_ent {
+	struct endpoint *ep;	/* NULL while nothing of ours uses the fd */
+	uint32_t gen;		/* of its registration */
+	uint32_t events;	/* interest registered */
+};
+
 struct proxy {
 	struct proxy_opts o;
 	struct proxy_hook hooks[MAX_HOOKS];
@@ -170,6 +185,9 @@ struct proxy {
 	struct health *health;		/* told about failed connects; may be NULL */
 	int epfd;
 	int lfd;
+	struct endpoint lep;		/* the listener's entry in fds */
+	struct fd_ent *fds;		/* by fd */
+	uint32_t n_fds;
 	struct timer_list timers[T_KINDS];
 	struct conn *poll_head;
 	struct conn *all;
@@ -310,16 +328,51 @@ static void ep_init(struct endpoint *ep, struct conn *c, int fd)
 	ep->pc = &ep->local;
 }
 
+static struct fd_ent *fd_ent(struct proxy *px, int fd)
+{
+	uint32_t n = px->n_fds ? px->n_fds : 1024;
+	struct fd_ent *t;
+
+	if ((uint32_t)fd < px->n_fds)
+		return &px->fds[fd];
+	while (n <= (uint32_t)fd)
+		n *= 2;
+	t = realloc(px->fds, n * sizeof(*t));
+	if (!t)
+		return NULL;
+	memset(t + px->n_fds, 0, (n - px->n_fds) * sizeof(*t));
+	px->fds = t;
+	px->n_fds = n;
+	return &t[fd];
+}
+
+/* Register fd for ep (add), or change its interest. */
+static int fd_watch(struct proxy *px, int fd, struct endpoint *ep, uint32_t events, bool add)
+{
+	struct fd_ent *fe = fd_ent(px, fd);
+	struct epoll_event ev = { .events = events };
+	uint32_t gen;
+
+	if (!fe)
+		return -1;
+	gen = !add ? fe->gen : fe->gen + 1 ? fe->gen + 1 : 1;
+	ev.data.u64 = (uint64_t)gen << 32 | (uint32_t)fd;
+	if (epoll_ctl(px->epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev))
+		return -1;
+	fe->ep = ep;
+	fe->gen = gen;
+	fe->events = events;
+	return 0;
+}
+
 static int ep_watch(struct endpoint *ep, uint32_t events)
 {
-	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = ep };
-	int op = ep->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-
-	if (ep->events == (events | EPOLLET))
+	events |= EPOLLET;
+	if (ep->events == events)
 		return 0;
-	if (epoll_ctl(ep->conn->px->epfd, op, ep->fd, &ev))
+	if (fd_watch(ep->conn->px, ep->fd, ep, events, !ep->events))
 		return -1;
-	ep->events = events | EPOLLET;
+	ep->events = events;
 	return 0;
 }
 
@@ -329,7 +382,7 @@ static struct ps_instance *conn_inst(struct conn *c)
 }
 
 /* Take the endpoint out of the data path; returns its socket, still open
- * (and still in epoll), or -1. */
+ * (and still in epoll, its events ignored), or -1. */
 static int ep_detach(struct proxy *px, struct endpoint *ep)
 {
 	int fd = ep->fd;
@@ -344,6 +397,8 @@ static int ep_detach(struct proxy *px, struct endpoint *ep)
 		datapath_remove(px->dp, ep->slot, ep->cookie);
 	if (ep->slot >= 0)
 		datapath_slot_free(px->dp, ep->slot);
+	if ((uint32_t)fd < px->n_fds)
+		px->fds[fd].ep = NULL;
 	ep->fd = -1;
 	ep->slot = -1;
 	ep->in_map = false;
@@ -566,6 +621,11 @@ static void connect_next(struct conn *c)
 		    (fd = pool_get(px->pool, b.inst, px->dp->instances[b.inst].gen, ps_now_ms())) >= 0) {
 			ep_init(&c->be, c, fd);
 			c->inst = b.inst;
+			/* still registered (keep_finish), and pool_get() found
+			 * nothing to read: what comes now brings an event */
+			c->be.events = px->fds[fd].events;
+			px->fds[fd].ep = &c->be;
+			c->be.drained = true;
 			if (!ep_watch(&c->be, EPOLLIN | EPOLLRDHUP)) {
 				c->pooled = true;
 				px->st.reused++;
@@ -1252,9 +1312,17 @@ static void dir_try_finish(struct dir *d)
 }
 
 /* Everything is answered: close the client's side, read what it still sends
- * for a moment (so that the answer is not lost to a reset), then close. */
+ * for a moment (so that the answer is not lost to a reset), then close.
+ * A client that has sent nothing we have not read gets no reset from a
+ * close (only unread bytes cause one): close at once, and the kernel sends
+ * the answer and the FIN on its own (nginx's `lingering_close on`). */
 static void linger(struct conn *c)
 {
+	if (c->cli.drained && c->req.w == c->req.e) {
+		c->state = CS_LINGER;
+		c->dead = true;
+		return;
+	}
 	shutdown(c->cli.fd, SHUT_WR);
 	c->state = CS_LINGER;
 	c->req.e = c->req.p = c->req.w = 0;
@@ -1275,9 +1343,8 @@ static void keep_finish(struct conn *c)
 
 	timer_stop(c);
 	if (px->pool && c->keep_ok && c->resp.p == c->resp.e && !c->resp.fin &&
-	    router_inst_up(px->rt, inst)) {
-		epoll_ctl(px->epfd, EPOLL_CTL_DEL, fd, NULL);
-		ep_detach(px, &c->be);
+	    c->be.events && router_inst_up(px->rt, inst)) {
+		ep_detach(px, &c->be);	/* registered still: see struct fd_ent */
 		pool_put(px->pool, inst, px->dp->instances[inst].gen, fd, ps_now_ms());
 	} else {
 		ep_release(px, &c->be);
@@ -1679,7 +1746,6 @@ void proxy_set_health(struct proxy *px, struct health *h)
 int proxy_add_hook(struct proxy *px, int fd, void (*cb)(void *arg), void *arg)
 {
 	struct proxy_hook *h;
-	struct epoll_event ev = { .events = EPOLLIN };
 
 	if (px->n_hooks == MAX_HOOKS)
 		return -1;
@@ -1688,8 +1754,7 @@ int proxy_add_hook(struct proxy *px, int fd, void (*cb)(void *arg), void *arg)
 	h->ep.fd = fd;
 	h->cb = cb;
 	h->arg = arg;
-	ev.data.ptr = &h->ep;
-	if (epoll_ctl(px->epfd, EPOLL_CTL_ADD, fd, &ev))
+	if (fd_watch(px, fd, &h->ep, EPOLLIN, true))
 		return -1;
 	px->n_hooks++;
 	return 0;
@@ -1707,7 +1772,6 @@ static void bury(struct proxy *px)
 struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, struct router *rt)
 {
 	struct proxy *px = calloc(1, sizeof(*px) + opts->head_max + 1);
-	struct epoll_event ev = { .events = EPOLLIN };
 	struct rlimit rl;
 	int one = 1;
 
@@ -1754,8 +1818,7 @@ struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, stru
 	/* accepted sockets inherit these: two system calls less per connection */
 	setsockopt(px->lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(px->lfd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	ev.data.ptr = NULL;
-	if (epoll_ctl(px->epfd, EPOLL_CTL_ADD, px->lfd, &ev))
+	if (fd_watch(px, px->lfd, &px->lep, EPOLLIN, true))
 		goto err;
 	return px;
 err:
@@ -1769,6 +1832,7 @@ static void stop_accepting(struct proxy *px)
 	if (px->lfd < 0)
 		return;
 	epoll_ctl(px->epfd, EPOLL_CTL_DEL, px->lfd, NULL);
+	px->fds[px->lfd].ep = NULL;
 	close(px->lfd);
 	px->lfd = -1;
 	/* nothing new will need them: the instances get their sockets back */
@@ -1841,9 +1905,13 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 			return -1;
 		}
 		for (i = 0; i < n; i++) {
-			struct endpoint *ep = evs[i].data.ptr;
+			int fd = (int)(uint32_t)evs[i].data.u64;
+			struct fd_ent *fe = &px->fds[fd];
+			struct endpoint *ep = fe->ep;
 
-			if (!ep) {
+			if (fe->gen != evs[i].data.u64 >> 32 || !ep)
+				continue;	/* closed since, or at rest in the pool */
+			if (ep == &px->lep) {
 				accept_all(px);
 			} else if (!ep->conn) {
 				struct proxy_hook *h = (struct proxy_hook *)ep;
@@ -1888,5 +1956,6 @@ void proxy_free(struct proxy *px)
 		close(px->lfd);
 	if (px->epfd >= 0)
 		close(px->epfd);
+	free(px->fds);
 	free(px);
 }

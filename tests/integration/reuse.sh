@@ -84,3 +84,31 @@ test_kept_connections_are_closed_when_draining() {
 	expect_eq "$open" 1 "instance connections while draining (the staying client's only)" &&
 	stop_pathsplice
 }
+
+# After a one-shot answer the daemon closes the client's socket at once when
+# the client has sent nothing more (the kernel delivers what is still queued),
+# and lingers, reading, when it has: no answer is lost to a reset.
+test_one_shot_close_loses_no_answer() {
+	reuse_setup || return 1
+	local out users
+	# a client that holds its end open: the daemon's end is already closed
+	exec 3<>"/dev/tcp/127.0.0.1/$PS_PORT" || return 1
+	printf 'GET /svc/held HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' >&3
+	out=$(timeout 5 cat <&3 | tr -d '\r')
+	users=$(ss -Htnp "( sport = :$PS_PORT )" | grep -c 'users:')
+	exec 3<&-
+	expect_match "$out" '^HTTP/1.1 200 ' "answer to the held connection" &&
+	expect_match "$out" $'\nb1 GET /svc/held$' "its body" &&
+	expect_eq "$users" 0 "daemon sockets left on the held connection" || return 1
+	# a request sent behind the closing one: the first answer, then a clean end
+	out=$("$TOOLS/ps-client" raw "127.0.0.1:$PS_PORT" \
+		'GET /svc/first HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /svc/second HTTP/1.1\r\nHost: t\r\n\r\n')
+	expect_match "$out" 'b1 GET /svc/first' "the first answer" &&
+	expect_no_match "$out" 'GET /svc/second' "no answer after Connection: close" &&
+	expect_match "$out" '\[eof\]$' "the end is a FIN, not a reset" || return 1
+	# 4 MiB still queued when the daemon closes reach a client that stopped reading
+	out=$("$TOOLS/ps-client" stall --resume -H 'Connection: close' --timeout 20 \
+		"127.0.0.1:$PS_PORT" "/svc/big?bytes=$((4 << 20))" 1)
+	expect_match "$out" "^ok $((4 << 20)) " "a slow reader's one-shot download" &&
+	stop_pathsplice
+}
