@@ -442,10 +442,10 @@ static bool ep_drained(struct conn *c, struct endpoint *ep)
 
 /* Write into an endpoint from userspace, in one system call (one segment
  * for a small head); returns bytes written or -1. */
-static ssize_t ep_sendv(struct endpoint *ep, struct iovec *iov, size_t n_iov)
+static ssize_t ep_sendv(struct endpoint *ep, struct iovec *iov, size_t n_iov, int flags)
 {
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n_iov };
-	ssize_t n = sendmsg(ep->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	ssize_t n = sendmsg(ep->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | flags);
 
 	if (n > 0)
 		ep->pc->out_base += n;
@@ -458,7 +458,7 @@ static ssize_t ep_send(struct endpoint *ep, const void *buf, size_t len)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
-	return ep_sendv(ep, &iov, 1);
+	return ep_sendv(ep, &iov, 1, 0);
 }
 
 /* The kernel is still moving bytes into ep: look again when its socket has
@@ -1211,7 +1211,11 @@ static int dir_flush(struct dir *d)
 		iov[n_iov++] = (struct iovec){ (void *)(d->ins + d->ins_off), ins_left };
 		iov[n_iov++] = (struct iovec){ d->buf + d->ins_at, limit - d->ins_at };
 	}
-	n = ep_sendv(d->dst, iov, n_iov);
+	/* The end of a one-shot answer: keep_finish() closes (or shuts down)
+	 * the client's socket right after this write, and the FIN leaves in
+	 * the answer's last segment instead of one of its own. */
+	n = ep_sendv(d->dst, iov, n_iov,
+		     !d->req && c->keep && c->be.pc->msgs && limit == d->p ? MSG_MORE : 0);
 	if (n < 0)
 		return -1;
 	from_buf = (size_t)n < before ? (size_t)n : before;
