@@ -705,7 +705,7 @@ machine_info() {
 	echo "- background CPU before the run: ${BG_PCT} % of the machine (busiest: ${BG_TOP:-none}); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- before each measure group the bench waits up to ${QUIET_WAIT} s for background CPU ≤ ${QUIET_LIMIT} % (notes say when it was not)"
 	echo "- each cell: median of $REPS interleaved run(s) of ${DURATION} s (after 1 s warm-up), \`value (ratio to direct)\`"
-	echo "- nothing is pinned: wrk (2 threads; 1 for c1), backend nginx (2 workers) and the proxy (2 workers/threads) share the $(nproc) CPUs"
+	echo "- nothing is pinned: wrk (2 threads; 1 for c1), backend nginx (2 workers), HAProxy (2 threads), nginx as a proxy (2 workers) and pathsplice (one event loop; spliced bytes move in the kernel) share the $(nproc) CPUs"
 }
 
 print_table() { # placement
