@@ -1215,7 +1215,7 @@ static int dir_flush(struct dir *d)
 	 * the client's socket right after this write, and the FIN leaves in
 	 * the answer's last segment instead of one of its own. */
 	n = ep_sendv(d->dst, iov, n_iov,
-		     !d->req && c->keep && c->be.pc->msgs && limit == d->p ? MSG_MORE : 0);
+		     !d->req && c->keep && c->be.pc->msgs ? MSG_MORE : 0);
 	if (n < 0)
 		return -1;
 	from_buf = (size_t)n < before ? (size_t)n : before;
