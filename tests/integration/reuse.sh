@@ -112,3 +112,24 @@ test_one_shot_close_loses_no_answer() {
 	expect_match "$out" "^ok $((4 << 20)) " "a slow reader's one-shot download" &&
 	stop_pathsplice
 }
+
+# A kept connection stays registered with the daemon's event loop while it
+# rests; the instance resetting it then is an event with no connection to go
+# to. It is ignored, and the next request finds the connection unusable
+# before it sends anything: a new connection, no retry.
+test_kept_connection_reset_while_resting_is_not_used() {
+	reuse_setup || return 1
+	local out
+	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url /svc/before)")
+	expect_eq "$out" "b1 GET /svc/before" "first request" || return 1
+	expect_eq "$(ss -Htn state established "( dport = :$BACKEND_PORT )" | wc -l)" 1 \
+		"kept connection to the instance" || return 1
+	# the instance's end goes away with a reset (SOCK_DESTROY)
+	ss -HK -tn "( sport = :$BACKEND_PORT )" >/dev/null || { fail "ss -K failed"; return 1; }
+	sleep 0.2
+	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url /svc/after)")
+	expect_eq "$out" "b1 GET /svc/after" "request after the reset" &&
+	expect_eq "$(reused)" 0 "requests sent on a kept connection" &&
+	expect_eq "$(grep -c 'closed a kept connection' "$PS_LOG")" 0 "retries" &&
+	stop_pathsplice
+}
