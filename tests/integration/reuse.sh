@@ -14,6 +14,11 @@ reuse_setup() {
 	wait_port "$RU_ADMIN" 5 || fail "the admin endpoint does not listen on $RU_ADMIN"
 }
 
+# one_shot PATH: the body of a GET with Connection: close
+one_shot() {
+	curl -sS --max-time 5 -H 'Connection: close' "$(url "$1")"
+}
+
 # reused: one-shot requests sent on a kept connection so far
 reused() {
 	curl -sS --max-time 5 "http://127.0.0.1:$RU_ADMIN/stats" | jq -r .proxy.reused
@@ -24,7 +29,7 @@ test_one_shot_requests_reuse_instance_connections() {
 	local i out conns0 conns1 hdrs
 	conns0=$(backend_stat "$BACKEND_PORT" conns)
 	for ((i = 0; i < 20; i++)); do
-		out+=$(curl -sS --max-time 5 -H 'Connection: close' "$(url "/svc/r$i")")$'\n'
+		out+=$(one_shot "/svc/r$i")$'\n'
 	done
 	expect_eq "$(grep -c '^b1 GET /svc/r[0-9]*$' <<<"$out")" 20 "answers" || return 1
 	conns1=$(backend_stat "$BACKEND_PORT" conns)
@@ -54,9 +59,9 @@ test_one_shot_requests_reuse_instance_connections() {
 test_kept_connection_closed_under_a_request_is_retried() {
 	reuse_setup || return 1
 	local out
-	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url '/svc/one?fresh=1')")
+	out=$(one_shot '/svc/one?fresh=1')
 	expect_eq "$out" "b1 GET /svc/one?fresh=1" "first request" || return 1
-	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url '/svc/two?fresh=1')")
+	out=$(one_shot '/svc/two?fresh=1')
 	expect_eq "$out" "b1 GET /svc/two?fresh=1" "second request, after the retry" &&
 	expect_eq "$(reused)" 1 "the kept connection was tried" &&
 	log_within "closed a kept connection: request sent again" 1 &&
@@ -120,14 +125,14 @@ test_one_shot_close_loses_no_answer() {
 test_kept_connection_reset_while_resting_is_not_used() {
 	reuse_setup || return 1
 	local out
-	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url /svc/before)")
+	out=$(one_shot /svc/before)
 	expect_eq "$out" "b1 GET /svc/before" "first request" || return 1
 	expect_eq "$(ss -Htn state established "( dport = :$BACKEND_PORT )" | wc -l)" 1 \
 		"kept connection to the instance" || return 1
 	# the instance's end goes away with a reset (SOCK_DESTROY)
 	ss -HK -tn "( sport = :$BACKEND_PORT )" >/dev/null || { fail "ss -K failed"; return 1; }
 	sleep 0.2
-	out=$(curl -sS --max-time 5 -H 'Connection: close' "$(url /svc/after)")
+	out=$(one_shot /svc/after)
 	expect_eq "$out" "b1 GET /svc/after" "request after the reset" &&
 	expect_eq "$(reused)" 0 "requests sent on a kept connection" &&
 	expect_eq "$(grep -c 'closed a kept connection' "$PS_LOG")" 0 "retries" &&
