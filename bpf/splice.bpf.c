@@ -176,6 +176,20 @@ struct {
 	__type(value, __u64);
 } caller_owner SEC(".maps");
 
+/* Hand-backs, for the daemon. It does not watch a socket the kernel owns
+ * for readability: the socket reports every segment its verdict moves away,
+ * and that would wake the daemon once per request for nothing. So the
+ * verdict tells it here when it gives a socket back: one record per
+ * hand-back, the socket's conns index (__u32). Sized by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16);
+} handbacks SEC(".maps");
+
+/* Hand-backs the ring had no room for: the daemon then looks at every
+ * spliced socket. */
+__u64 handbacks_lost;
+
 #define barrier()		asm volatile("" ::: "memory")
 #define READ_ONCE(x)		(*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
@@ -490,8 +504,8 @@ static long walk_step_msg(__u32 i, struct walk_ctx *x)
 	return walk_step(x, 1);
 }
 
-static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, struct walk *w,
-				    __u32 reason)
+static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, __u32 self,
+				    struct walk *w, __u32 reason)
 {
 	c->hb_reason = reason;
 	if (w && w->hb_at_msg) {
@@ -508,6 +522,9 @@ static __always_inline int handback(struct __sk_buff *skb, struct ps_conn *c, st
 	c->passed += skb->len;
 	barrier();	/* pairs with ps_response(): passed before the mode */
 	WRITE_ONCE(c->mode, PS_MODE_USER);
+	/* after the mode: the daemon that reads the record sees USER */
+	if (bpf_ringbuf_output(&handbacks, &self, sizeof(self), 0))
+		__sync_fetch_and_add(&handbacks_lost, 1);
 	return SK_PASS;
 }
 
@@ -635,8 +652,8 @@ static __always_inline enum req_path request_path(struct ps_conn *c, struct ps_c
 	return (__s32)(c->ingress_upto - READ_ONCE(p->msgs)) > 0 ? REQ_WAIT : REQ_LEG;
 }
 
-static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, struct ps_conn *p,
-				   struct walk *w, int direct)
+static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, __u32 self,
+				   struct ps_conn *p, struct walk *w, int direct)
 {
 	__u32 peer = c->peer, inst = c->inst;
 	__u32 msgs = c->msgs;
@@ -655,7 +672,7 @@ static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, str
 		/* the peer left between the check and the redirect */
 		c->msgs = msgs;
 		c->head_bits = head_bits;
-		return handback(skb, c, NULL, PS_HB_PEER);
+		return handback(skb, c, self, NULL, PS_HB_PEER);
 	}
 	__builtin_memcpy(&c->fr, &w->fr, sizeof(w->fr));
 	c->fwd += skb->len;
@@ -829,7 +846,7 @@ int ps_verdict(struct __sk_buff *skb)
 	struct scratch *s;
 	struct walk *w;
 	enum req_path path;
-	__u32 *slot, peer, reason, depth, cut, zero = 0;
+	__u32 *slot, self, peer, reason, depth, cut, zero = 0;
 	enum rx_order order;
 	int verdict;
 
@@ -839,7 +856,8 @@ int ps_verdict(struct __sk_buff *skb)
 	slot = bpf_map_lookup_elem(&conn_index, &cookie);
 	if (!slot)
 		return SK_PASS;
-	c = bpf_map_lookup_elem(&conns, slot);
+	self = *slot;
+	c = bpf_map_lookup_elem(&conns, &self);
 	if (!c)
 		return SK_PASS;
 	order = rx_in_order(skb, &c->rx, &cut);
@@ -864,21 +882,21 @@ int ps_verdict(struct __sk_buff *skb)
 		client_snapshot(skb, c, p);
 	reason = depth < 2 ? peer_check(c, p, skb->len) : PS_HB_LIMIT;
 	if (reason) {
-		verdict = handback(skb, c, NULL, reason);
+		verdict = handback(skb, c, self, NULL, reason);
 		goto out;
 	}
 	w = &s->w[depth & 1];
 	reason = walk_segment(skb, NULL, 0, skb->len, c, p, w);
 	if (reason) {
-		verdict = handback(skb, c, w, reason);
+		verdict = handback(skb, c, self, w, reason);
 	} else if (c->side == PS_SIDE_BACKEND) {
-		verdict = forward(skb, c, p, w, 0);
+		verdict = forward(skb, c, self, p, w, 0);
 	} else {
 		path = request_path(c, p, w, skb->len);
 		if (path == REQ_WAIT)
-			verdict = handback(skb, c, NULL, PS_HB_ORDER);
+			verdict = handback(skb, c, self, NULL, PS_HB_ORDER);
 		else
-			verdict = forward(skb, c, p, w, path == REQ_DIRECT);
+			verdict = forward(skb, c, self, p, w, path == REQ_DIRECT);
 	}
 out:
 	__sync_fetch_and_sub(&s->depth, 1);

@@ -235,6 +235,54 @@ static void explain_load_error(int err)
 		       strerror(-err));
 }
 
+/* The hand-back ring: room for a record (8-byte header + index) per socket
+ * slot, in whole pages, a power of two. Fuller is still correct (lost
+ * records are counted and the daemon then looks at every socket), only
+ * slower. */
+static uint32_t handbacks_size(uint32_t max_conns)
+{
+	uint64_t want = (uint64_t)max_conns * 16;
+	uint32_t n = (uint32_t)sysconf(_SC_PAGESIZE);
+
+	while (n < want && n < (1U << 30))
+		n <<= 1;
+	return n;
+}
+
+static int on_handback(void *ctx, void *data, size_t len)
+{
+	struct datapath *dp = ctx;
+	uint32_t slot;
+
+	if (len < sizeof(slot) || !dp->hb_cb)
+		return 0;
+	memcpy(&slot, data, sizeof(slot));
+	if (slot < dp->max_conns)
+		dp->hb_cb(dp->hb_arg, slot);
+	return 0;
+}
+
+int datapath_handbacks_fd(const struct datapath *dp)
+{
+	return bpf_map__fd(dp->skel->maps.handbacks);
+}
+
+int datapath_handbacks(struct datapath *dp, void (*cb)(void *arg, uint32_t slot), void *arg)
+{
+	int n;
+
+	dp->hb_cb = cb;
+	dp->hb_arg = arg;
+	n = ring_buffer__consume(dp->handbacks);
+	dp->hb_cb = NULL;
+	return n;
+}
+
+uint64_t datapath_handbacks_lost(const struct datapath *dp)
+{
+	return __atomic_load_n(&dp->skel->bss->handbacks_lost, __ATOMIC_ACQUIRE);
+}
+
 int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 {
 	struct splice_bpf *skel;
@@ -259,6 +307,7 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	bpf_map__set_max_entries(skel->maps.conn_index, opts->max_conns);
 	bpf_map__set_max_entries(skel->maps.conns, opts->max_conns);
 	bpf_map__set_max_entries(skel->maps.inst_rxs, opts->max_conns);
+	bpf_map__set_max_entries(skel->maps.handbacks, handbacks_size(opts->max_conns));
 	skel->rodata->fc_limit = opts->fc_limit;
 
 	err = splice_bpf__load(skel);
@@ -287,6 +336,12 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	dp->rr = map_mmap(skel->maps.rr, &dp->rr_len);
 	if (!dp->conns || !dp->instances || !dp->rr)
 		return -1;
+
+	dp->handbacks = ring_buffer__new(bpf_map__fd(skel->maps.handbacks), on_handback, dp, NULL);
+	if (!dp->handbacks) {
+		pr_err("cannot read the hand-back ring: %s", strerror(errno));
+		return -1;
+	}
 
 	dp->free_slots = calloc(dp->max_conns, sizeof(*dp->free_slots));
 	if (!dp->free_slots)
@@ -353,6 +408,8 @@ void datapath_close(struct datapath *dp)
 	dp->conns = NULL;
 	dp->instances = NULL;
 	dp->rr = NULL;
+	ring_buffer__free(dp->handbacks);
+	dp->handbacks = NULL;
 	if (dp->skel) {
 		bpf_link__destroy(dp->sockops_link);
 		dp->sockops_link = NULL;

@@ -26,6 +26,8 @@ struct datapath_opts {
 	void *arg;
 };
 
+struct ring_buffer;
+
 struct datapath {
 	struct splice_bpf *skel;
 	int sockets_fd;
@@ -43,6 +45,9 @@ struct datapath {
 	__u64 *rr;			/* mmapped `rr` */
 	size_t conns_len, instances_len, rr_len;
 	uint32_t max_conns;
+	struct ring_buffer *handbacks;	/* the verdict's hand-back records */
+	void (*hb_cb)(void *arg, uint32_t slot);	/* during datapath_handbacks() */
+	void *hb_arg;
 	uint32_t *free_slots;		/* stack of unused conns indexes */
 	uint32_t n_free;
 	char pin_dir[256];
@@ -100,6 +105,15 @@ bool splice_arm(struct ps_conn *c, uint64_t consumed);
 /* Take a socket back from the kernel now; returns once no verdict run that
  * saw the old mode is still in progress. */
 void splice_take(struct ps_conn *c);
+
+/* Hand-backs: the verdict records the conns index of each socket it gives
+ * back to userspace in a ring (the daemon does not watch the sockets the
+ * kernel owns for readability). The fd is readable while records wait;
+ * datapath_handbacks() calls cb for each and returns how many, or < 0. A
+ * record the ring had no room for is counted in datapath_handbacks_lost(). */
+int datapath_handbacks_fd(const struct datapath *dp);
+int datapath_handbacks(struct datapath *dp, void (*cb)(void *arg, uint32_t slot), void *arg);
+uint64_t datapath_handbacks_lost(const struct datapath *dp);
 
 /* Is the socket currently owned by the kernel (mode KERNEL, or armed and
  * about to be)? */

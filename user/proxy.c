@@ -186,6 +186,9 @@ struct proxy {
 	int epfd;
 	int lfd;
 	struct endpoint lep;		/* the listener's entry in fds */
+	struct endpoint hep;		/* the hand-back ring's */
+	struct endpoint **slot_ep;	/* by conns slot: the endpoint that holds it */
+	uint64_t hb_lost;		/* datapath_handbacks_lost() last seen */
 	struct fd_ent *fds;		/* by fd */
 	uint32_t n_fds;
 	struct timer_list timers[T_KINDS];
@@ -395,8 +398,10 @@ static int ep_detach(struct proxy *px, struct endpoint *ep)
 	}
 	if (ep->in_map || ep->cookie)
 		datapath_remove(px->dp, ep->slot, ep->cookie);
-	if (ep->slot >= 0)
+	if (ep->slot >= 0) {
+		px->slot_ep[ep->slot] = NULL;
 		datapath_slot_free(px->dp, ep->slot);
+	}
 	if ((uint32_t)fd < px->n_fds)
 		px->fds[fd].ep = NULL;
 	ep->fd = -1;
@@ -470,7 +475,11 @@ static void wait_drain(struct conn *c, struct endpoint *ep)
 }
 
 /* EPOLLOUT only while something waits for room: bulk traffic the kernel
- * moves would otherwise wake us for every drained segment. */
+ * moves would otherwise wake us for every drained segment. EPOLLIN only
+ * while userspace reads the socket: one the kernel owns reports every
+ * segment its verdict moves away (the daemon would wake once per request
+ * for nothing); its hand-back comes through the ring (on_handbacks()), and
+ * its end and errors still come here. */
 static void update_interest(struct conn *c)
 {
 	struct endpoint *eps[2] = { &c->cli, &c->be };
@@ -480,10 +489,13 @@ static void update_interest(struct conn *c)
 		return;	/* a connect in progress waits for its own EPOLLOUT */
 	for (i = 0; i < 2; i++) {
 		struct endpoint *ep = eps[i];
+		uint32_t events = EPOLLRDHUP | (ep->want_out ? EPOLLOUT : 0);
 
 		if (ep->fd < 0 || !ep->events)
 			continue;
-		ep_watch(ep, EPOLLIN | EPOLLRDHUP | (ep->want_out ? EPOLLOUT : 0));
+		if (!ep->in_map || !splice_kernel_owned(ep->pc))
+			events |= EPOLLIN;
+		ep_watch(ep, events);
 	}
 }
 
@@ -582,8 +594,10 @@ static void splice_setup(struct conn *c);
 static void ep_take_slot(struct datapath *dp, struct endpoint *ep)
 {
 	ep->slot = datapath_slot_alloc(dp);
-	if (ep->slot >= 0)
+	if (ep->slot >= 0) {
 		ep->pc = datapath_conn(dp, ep->slot);
+		ep->conn->px->slot_ep[ep->slot] = ep;
+	}
 }
 
 /* A connection that may be spliced gets its backend slot before it
@@ -1653,6 +1667,43 @@ static void on_event(struct proxy *px, struct endpoint *ep, uint32_t events)
 	}
 }
 
+/* The kernel gave a socket back: read it as if it had reported bytes. */
+static void on_handback(void *arg, uint32_t slot)
+{
+	struct proxy *px = arg;
+	struct endpoint *ep = px->slot_ep[slot];
+
+	/* a record of a slot freed (and perhaps taken again) since then
+	 * costs one look at the connection that has it now */
+	if (ep && ep->fd >= 0)
+		on_event(px, ep, EPOLLIN);
+}
+
+static void on_handbacks(struct proxy *px)
+{
+	struct conn *c, *nc;
+	uint64_t lost;
+
+	if (datapath_handbacks(px->dp, on_handback, px) < 0)
+		pr_warn("hand-back ring: %s", strerror(errno));
+	/* a record is lost only to a full ring, and a ring that fills again
+	 * after this reports itself: counted after the records were read, no
+	 * loss goes unseen */
+	lost = datapath_handbacks_lost(px->dp);
+	if (lost == px->hb_lost)
+		return;
+	/* the ring was full: some hand-back has no record, look at them all */
+	px->hb_lost = lost;
+	pr_warn("hand-back ring full: looking at every connection");
+	for (c = px->all; c; c = nc) {
+		nc = c->anext;
+		if (!c->closed && c->cli.in_map)
+			on_event(px, &c->cli, EPOLLIN);
+		if (!c->closed && c->be.in_map)
+			on_event(px, &c->be, EPOLLIN);
+	}
+}
+
 static void on_timeout(struct conn *c, enum timer_kind kind)
 {
 	c->tkind = T_NONE;
@@ -1824,6 +1875,10 @@ struct proxy *proxy_new(const struct proxy_opts *opts, struct datapath *dp, stru
 	setsockopt(px->lfd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	if (fd_watch(px, px->lfd, &px->lep, EPOLLIN, true))
 		goto err;
+	px->slot_ep = calloc(dp->max_conns, sizeof(*px->slot_ep));
+	if (!px->slot_ep ||
+	    fd_watch(px, datapath_handbacks_fd(dp), &px->hep, EPOLLIN, true))
+		goto err;
 	return px;
 err:
 	proxy_free(px);
@@ -1917,6 +1972,8 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 				continue;	/* closed since, or at rest in the pool */
 			if (ep == &px->lep) {
 				accept_all(px);
+			} else if (ep == &px->hep) {
+				on_handbacks(px);
 			} else if (!ep->conn) {
 				struct proxy_hook *h = (struct proxy_hook *)ep;
 
@@ -1961,5 +2018,6 @@ void proxy_free(struct proxy *px)
 	if (px->epfd >= 0)
 		close(px->epfd);
 	free(px->fds);
+	free(px->slot_ep);
 	free(px);
 }
