@@ -152,7 +152,7 @@ static int pin_all(struct datapath *dp)
 	}
 	dp->pinned = true;
 	bpf_object__for_each_map(map, dp->skel->obj) {
-		/* libbpf's internal .rodata map is an implementation detail */
+		/* libbpf's internal maps (.rodata, .bss) are implementation details */
 		if (strchr(bpf_map__name(map), '.'))
 			continue;
 		if (pin(dp, bpf_map__fd(map), bpf_map__name(map)))
