@@ -466,6 +466,13 @@ static ssize_t ep_send(struct endpoint *ep, const void *buf, size_t len)
 	return ep_sendv(ep, &iov, 1, 0);
 }
 
+/* The kernel reads ep's socket (its verdict forwards or hands back what
+ * arrives), or is about to: userspace does not. */
+static bool ep_kernel_owned(const struct endpoint *ep)
+{
+	return ep->in_map && splice_kernel_owned(ep->pc);
+}
+
 /* The kernel is still moving bytes into ep: look again when its socket has
  * room (EPOLLOUT), and on a timer in case the last bytes need no room. */
 static void wait_drain(struct conn *c, struct endpoint *ep)
@@ -493,7 +500,7 @@ static void update_interest(struct conn *c)
 
 		if (ep->fd < 0 || !ep->events)
 			continue;
-		if (!ep->in_map || !splice_kernel_owned(ep->pc))
+		if (!ep_kernel_owned(ep))
 			events |= EPOLLIN;
 		ep_watch(ep, events);
 	}
@@ -890,7 +897,7 @@ static void head_try(struct conn *c)
 
 static bool dir_kernel_owned(struct dir *d)
 {
-	return d->src->in_map && splice_kernel_owned(d->src->pc);
+	return ep_kernel_owned(d->src);
 }
 
 /* The kernel handed this direction back: take over its state. */
@@ -1547,7 +1554,7 @@ static void conn_close(struct conn *c)
 	c->closed = true;
 	timer_stop(c);
 	poll_stop(c);
-	if (c->be.fd >= 0 && c->be.in_map && splice_kernel_owned(c->be.pc))
+	if (c->be.fd >= 0 && ep_kernel_owned(&c->be))
 		splice_take(c->be.pc);
 	ep_release(px, &c->be);
 	ep_release(px, &c->cli);
