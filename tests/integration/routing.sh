@@ -106,6 +106,22 @@ test_spliced_requests_do_not_wake_the_daemon() {
 	stop_pathsplice
 }
 
+# The hand-back ring has room for a record per socket slot, so it should
+# never fill; if it does, what it had no room for is counted, and the daemon
+# then looks at every spliced connection. Here it holds 256 records and 300
+# connections are handed back (each asks for another service) while the
+# daemon is stopped: the 44 without a record must be answered too.
+test_handback_ring_overflow_loses_no_request() {
+	PATHSPLICE_TEST_HANDBACK_RING=4096 routing_setup --direct-callers off || return 1
+	local out n=300
+	out=$("$TOOLS/ps-client" fanout "127.0.0.1:$PS_PORT" $n /service1/a /service2/b \
+		--stop-pid "$PS_PID" --timeout 30) || { fail "fanout: $out"; return 1; }
+	expect_eq "$(grep -c '^200 s1[ab] s1[ab] GET /service1/a$' <<<"$out")" $n "first answers" &&
+	expect_eq "$(grep -c '^200 s2a s2a GET /service2/b$' <<<"$out")" $n "answers after the hand-backs" &&
+	expect_match "$(cat "$PS_LOG")" 'hand-back ring full' "the ring overflowed" &&
+	stop_pathsplice
+}
+
 test_pipelined_requests_answer_in_order() {
 	routing_setup || return 1
 	local out

@@ -65,6 +65,8 @@ static struct {
 	uint64_t ws_binary;		/* ws --binary-bytes N */
 	uint64_t repeat;		/* upload --repeat N */
 	const char *method;		/* upload --method M */
+	pid_t stop_pid;			/* fanout --stop-pid PID */
+	long stop_ms;			/* fanout --stop-ms MS */
 } g_opt = {
 	.timeout = 20,
 	.idle_ms = 2000,
@@ -72,6 +74,7 @@ static struct {
 	.rcvbuf = STALL_RCVBUF,
 	.repeat = 1,
 	.method = "POST",
+	.stop_ms = 300,
 };
 
 static const char *g_mode = "";
@@ -674,6 +677,80 @@ static int mode_keepalive(const char *addr, char **args, int nargs)
 	}
 	printf("conns 1\n");
 	client_close(&c);
+	return 0;
+}
+
+/* One GET on c and its whole answer, printed. */
+static void get_one(struct client *c, const char *what)
+{
+	struct response r;
+	struct body_acc a;
+
+	read_response(c, &r, false, what);
+	acc_init(&a, false);
+	read_body(c, &r, &a, what);
+	print_response_line(&r, &a);
+	if (r.close)
+		fail("%s: the server closes the connection", what);
+}
+
+static uint64_t parse_count(const char *opt, const char *s);
+__attribute__((noreturn, format(printf, 1, 2)))
+static void usage_error(const char *fmt, ...);
+
+static pid_t g_stopped;	/* a process fanout stopped and has not resumed */
+
+static void resume_stopped(void)
+{
+	if (g_stopped > 0)
+		kill(g_stopped, SIGCONT);
+	g_stopped = 0;
+}
+
+/*
+ * fanout: N connections, each GET A and its answer; then every connection
+ * sends GET B while --stop-pid (if given) is stopped (SIGSTOP, for
+ * --stop-ms), so that whatever the kernel does with those requests piles up
+ * for that process; the answers to B are read once it runs again.
+ */
+static int mode_fanout(const char *addr, char **args, int nargs)
+{
+	uint64_t n = parse_count("fanout", args[0]);
+	struct client *cs;
+	char what[64];
+
+	(void)nargs;
+	if (n == 0 || n > 4096)
+		usage_error("fanout: 1 to 4096 connections");
+	cs = calloc(n, sizeof(*cs));
+	if (!cs)
+		fail("out of memory");
+	for (uint64_t i = 0; i < n; i++) {
+		client_connect(&cs[i], addr, 0);
+		snprintf(what, sizeof(what), "first answer on connection %llu", (unsigned long long)i + 1);
+		send_request(&cs[i], "GET", args[1], "");
+		get_one(&cs[i], what);
+	}
+	if (g_opt.stop_pid > 0) {
+		if (kill(g_opt.stop_pid, SIGSTOP))
+			fail("stop %d: %s", (int)g_opt.stop_pid, strerror(errno));
+		g_stopped = g_opt.stop_pid;
+		atexit(resume_stopped);	/* a failure below must not leave it stopped */
+	}
+	for (uint64_t i = 0; i < n; i++)
+		send_request(&cs[i], "GET", args[2], "");
+	if (g_stopped) {
+		usleep(g_opt.stop_ms * 1000);
+		resume_stopped();
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		arm_deadline(&cs[i]);
+		snprintf(what, sizeof(what), "second answer on connection %llu", (unsigned long long)i + 1);
+		get_one(&cs[i], what);
+		client_close(&cs[i]);
+	}
+	free(cs);
+	printf("conns %llu\n", (unsigned long long)n);
 	return 0;
 }
 
@@ -1460,6 +1537,9 @@ static void usage(FILE *f)
 		"                               each MSG echoed as text, a ping, a binary frame\n"
 		"                               of pattern bytes, close; prints \"ws ok N\", N =\n"
 		"                               messages echoed (MSGs + the binary one)\n"
+		"  fanout HOST:PORT N A B       N connections, each GET A (answer read), then\n"
+		"                               each GET B, with --stop-pid stopped meanwhile;\n"
+		"                               prints every answer's line, then \"conns N\"\n"
 		"  raw HOST:PORT DATA           send DATA (escapes \\r \\n \\t \\\\ \\0 \\xHH), print\n"
 		"                               the answer escaped (\\r shown, \\n ends a line)\n"
 		"                               until EOF or --idle silence, then \"[eof]\",\n"
@@ -1481,7 +1561,10 @@ static void usage(FILE *f)
 		"  --drip MS           raw: send one byte every MS milliseconds\n"
 		"  --shut              raw: shutdown(SHUT_WR) after sending\n"
 		"  --no-shut           raw: keep the write side open (the default)\n"
-		"  --idle MS           raw: silence that ends the read (default 2000)\n");
+		"  --idle MS           raw: silence that ends the read (default 2000)\n"
+		"  --stop-pid PID      fanout: SIGSTOP PID while the second requests go out,\n"
+		"                      SIGCONT after --stop-ms (even if ps-client fails)\n"
+		"  --stop-ms MS        fanout: how long PID stays stopped (default 300)\n");
 }
 
 __attribute__((noreturn, format(printf, 1, 2)))
@@ -1509,7 +1592,7 @@ static uint64_t parse_count(const char *opt, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_IDLE,
-	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD };
+	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD, O_STOP_PID, O_STOP_MS };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "header", required_argument, NULL, 'H' },
@@ -1525,6 +1608,8 @@ static void parse_options(int argc, char **argv)
 		{ "binary-bytes", required_argument, NULL, O_BINARY_BYTES },
 		{ "repeat", required_argument, NULL, O_REPEAT },
 		{ "method", required_argument, NULL, O_METHOD },
+		{ "stop-pid", required_argument, NULL, O_STOP_PID },
+		{ "stop-ms", required_argument, NULL, O_STOP_MS },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -1576,6 +1661,10 @@ static void parse_options(int argc, char **argv)
 			if (g_opt.ws_binary > WS_MSG_MAX)
 				usage_error("--binary-bytes: at most %d", WS_MSG_MAX);
 			break;
+		case O_STOP_PID:
+			g_opt.stop_pid = (pid_t)parse_count("--stop-pid", optarg);
+			break;
+		case O_STOP_MS: g_opt.stop_ms = (long)parse_count("--stop-ms", optarg); break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
@@ -1596,6 +1685,7 @@ static const struct mode {
 	{ "stall", 2, 2, mode_stall },
 	{ "ws", 1, -1, mode_ws },
 	{ "raw", 1, 1, mode_raw },
+	{ "fanout", 3, 3, mode_fanout },
 };
 
 int main(int argc, char **argv)
