@@ -46,6 +46,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set by userspace before load. */
 const volatile __u64 fc_limit = 1 << 20;	/* bytes queued for a peer before hand-back */
 const volatile __u32 parse_budget = 4096;	/* loop steps per segment */
+const volatile __u32 take_callers = 1;		/* --direct-callers */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -694,12 +695,11 @@ static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, __u
 
 /* The verdict on a client socket: note how it stands for the sk_msg
  * program's client_ready(). */
-static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_conn *c,
-					    struct ps_conn *p)
+static __always_inline void client_snapshot(struct bpf_sock *sk, struct ps_conn *c,
+					    struct ps_conn *p, const int clean_only)
 {
-	struct bpf_sock *sk = skb->sk;
 	struct tcp_sock *tp;
-	__u64 written, direct;
+	__u64 written, accepted;
 
 	if (!sk || !READ_ONCE(p->direct_ok))
 		return;
@@ -709,14 +709,18 @@ static __always_inline void client_snapshot(struct __sk_buff *skb, struct ps_con
 	/* written before the socket and direct after it: a push racing with
 	 * this look is then counted against room twice and towards accepted
 	 * not at all, never the other way round */
-	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
 	written = c->out_base + READ_ONCE(p->fwd);
-	c->snap_accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+	/* such a look makes client_ready() refuse until the next one: an ACK
+	 * in the middle of a stream of pushes keeps the look it had */
+	if (clean_only && accepted < written)
+		return;
+	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
+	c->snap_accepted = accepted;
 	c->snap_room = (__s64)tp->inet_conn.icsk_inet.sk.sk_sndbuf -
 		       tp->inet_conn.icsk_inet.sk.sk_wmem_queued;
-	direct = READ_ONCE(p->direct);
 	c->snap_written = written;
-	c->snap_direct = direct;
+	c->snap_direct = READ_ONCE(p->direct);
 	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);
 }
 
@@ -879,7 +883,7 @@ int ps_verdict(struct __sk_buff *skb)
 		goto out;
 	}
 	if (c->side == PS_SIDE_CLIENT)
-		client_snapshot(skb, c, p);
+		client_snapshot(skb->sk, c, p, 0);
 	reason = depth < 2 ? peer_check(c, p, skb->len) : PS_HB_LIMIT;
 	if (reason) {
 		verdict = handback(skb, c, self, NULL, reason);
@@ -944,7 +948,7 @@ int ps_sockops(struct bpf_sock_ops *skops)
 		t.server_port = bpf_ntohl(skops->remote_port);
 		t.client_port = skops->local_port;
 		if (!bpf_map_lookup_elem(&conn_index, &cookie)) {
-			if (!sk || !is_listener(skops, t.server_ip, t.server_port))
+			if (!sk || !take_callers || !is_listener(skops, t.server_ip, t.server_port))
 				return 1;
 			cs = bpf_sk_storage_get(&caller_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 			if (!cs)
@@ -962,7 +966,15 @@ int ps_sockops(struct bpf_sock_ops *skops)
 		t.server_port = skops->local_port;
 		t.client_port = bpf_ntohl(skops->remote_port);
 		found = bpf_map_lookup_elem(&connecting, &t);
-		if (!found || !sk)
+		if (!found) {
+			/* a client of the proxy: every ACK it sends looks at the
+			 * room in its socket again, for client_ready() */
+			if (is_listener(skops, t.server_ip, t.server_port))
+				bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							  BPF_SOCK_OPS_RTT_CB_FLAG);
+			return 1;
+		}
+		if (!sk)
 			return 1;
 		cookie = *found;
 		bpf_map_delete_elem(&connecting, &t);
@@ -981,6 +993,28 @@ int ps_sockops(struct bpf_sock_ops *skops)
 		bpf_map_update_elem(&inst_rxs, &inst_sk, &rx, BPF_ANY);
 		bpf_sock_hash_update(skops, &backends, &cookie, BPF_NOEXIST);
 		return 1;
+	case BPF_SOCK_OPS_RTT_CB: {
+		struct ps_conn *c, *p;
+		__u32 *slot, peer;
+
+		cookie = bpf_get_socket_cookie(skops);
+		slot = bpf_map_lookup_elem(&conn_index, &cookie);
+		if (!slot || !sk)
+			return 1;
+		c = bpf_map_lookup_elem(&conns, slot);
+		if (!c || c->side != PS_SIDE_CLIENT)
+			return 1;
+		/* only while the verdict owns the socket, as its own look: the
+		 * daemon changes the peer and out_base only in USER mode, and
+		 * waits for `busy` when it takes a socket back */
+		__sync_fetch_and_add(&c->busy, 1);
+		peer = c->peer;
+		p = bpf_map_lookup_elem(&conns, &peer);
+		if (p && READ_ONCE(c->mode) == PS_MODE_KERNEL)
+			client_snapshot(sk, c, p, 1);
+		__sync_fetch_and_sub(&c->busy, 1);
+		return 1;
+	}
 	}
 	return 1;
 }

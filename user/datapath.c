@@ -315,6 +315,7 @@ int datapath_open(struct datapath *dp, const struct datapath_opts *opts)
 	bpf_map__set_max_entries(skel->maps.inst_rxs, opts->max_conns);
 	bpf_map__set_max_entries(skel->maps.handbacks, handbacks_size(opts->max_conns));
 	skel->rodata->fc_limit = opts->fc_limit;
+	skel->rodata->take_callers = opts->callers;
 
 	err = splice_bpf__load(skel);
 	if (err) {
@@ -390,10 +391,11 @@ int datapath_handover(struct datapath *dp)
 		return -1;
 	}
 	pr_info("pins moved to %s for the new daemon", old);
-	/* new callers are the new daemon's: its sockops must find them free */
-	if (dp->callers)
+	/* new clients and callers are the new daemon's: its sockops must
+	 * find them free */
+	if (dp->listening)
 		bpf_map_delete_elem(bpf_map__fd(dp->skel->maps.listeners), &dp->listen_key);
-	dp->callers = false;
+	dp->listening = false;
 	snprintf(dp->pin_dir, sizeof(dp->pin_dir), "%s", old);
 	if (dp->lock_fd >= 0)
 		close(dp->lock_fd);
@@ -459,9 +461,10 @@ void datapath_slot_free(struct datapath *dp, int slot)
 	dp->free_slots[dp->n_free++] = slot;
 }
 
-/* sockops takes a connection to this address from this network namespace
- * as a same-host caller's. */
-void datapath_listener(struct datapath *dp, int fd)
+/* sockops knows the connections to this address in this network namespace
+ * as the proxy's: a same-host caller's (with --direct-callers) is matched
+ * at both ends, and the others' ACKs refresh client_ready()'s look. */
+void datapath_listener(struct datapath *dp, int fd, bool callers)
 {
 	struct sockaddr_in sin;
 	socklen_t len = sizeof(sin), nlen = sizeof(__u64);
@@ -471,18 +474,21 @@ void datapath_listener(struct datapath *dp, int fd)
 		return;
 	if (getsockname(fd, (struct sockaddr *)&sin, &len) ||
 	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen)) {
-		pr_warn("same-host callers stay on TCP: %s", strerror(errno));
+		pr_warn("clients' sockets not watched (same-host callers stay on TCP): %s",
+			strerror(errno));
 		return;
 	}
 	dp->listen_key = (struct ps_listen){ .ip = sin.sin_addr.s_addr, .port = ntohs(sin.sin_port) };
 	if (bpf_map_update_elem(bpf_map__fd(dp->skel->maps.listeners), &dp->listen_key, &netns,
 				BPF_ANY)) {
-		pr_warn("same-host callers stay on TCP: %s", strerror(errno));
+		pr_warn("clients' sockets not watched (same-host callers stay on TCP): %s",
+			strerror(errno));
 		return;
 	}
-	dp->callers = true;
-	pr_debug("same-host callers of %s:%u go straight to the instances",
-		 inet_ntoa(sin.sin_addr), dp->listen_key.port);
+	dp->listening = true;
+	if (callers)
+		pr_debug("same-host callers of %s:%u go straight to the instances",
+			 inet_ntoa(sin.sin_addr), dp->listen_key.port);
 }
 
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie)

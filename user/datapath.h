@@ -38,7 +38,7 @@ struct datapath {
 	int prog_fd;			/* the stream verdict */
 	struct bpf_link *sockops_link;	/* direct responses: on the cgroup root */
 	bool direct;			/* ... and attached */
-	bool callers;			/* same-host callers of listen_key taken */
+	bool listening;			/* listen_key is in `listeners` */
 	struct ps_listen listen_key;
 	struct ps_conn *conns;		/* mmapped `conns` */
 	struct ps_instance *instances;	/* mmapped `instances` */
@@ -84,8 +84,10 @@ static inline struct ps_conn *datapath_conn(struct datapath *dp, int slot)
  * can find the backend's end of a direct-response connection). */
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie);
 
-/* Take same-host callers of this listening socket (direct path only). */
-void datapath_listener(struct datapath *dp, int fd);
+/* Tell sockops the proxy's listening socket (direct path only): its
+ * clients' ACKs refresh what the sk_msg program knows of their sockets, and
+ * with `callers` same-host callers go straight to the instances. */
+void datapath_listener(struct datapath *dp, int fd, bool callers);
 
 /* Put a socket in the sockhash under `slot` (indexing it first unless
  * *cookie is already set). Fails with -EOPNOTSUPP for a socket that is no

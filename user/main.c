@@ -571,8 +571,7 @@ static int cmd_run(int argc, char **argv)
 		goto out;
 	px = proxy_new(&po, &dp, &router);
 	if (px) {
-		if (dopts.callers)
-			datapath_listener(&dp, proxy_listen_fd(px));
+		datapath_listener(&dp, proxy_listen_fd(px), dopts.callers);
 		proxy_set_health(px, health);
 		if (proxy_add_hook(px, health_fd(health), health_run, health))
 			goto out;
