@@ -693,8 +693,10 @@ static __always_inline int forward(struct __sk_buff *skb, struct ps_conn *c, __u
 	return SK_PASS;
 }
 
-/* The verdict on a client socket: note how it stands for the sk_msg
- * program's client_ready(). */
+/* Note how a client socket stands, for the sk_msg program's client_ready():
+ * the verdict when a segment of requests comes, and sockops at each ACK the
+ * client sends (clean_only: only when no byte is on its way into the socket,
+ * a look the verdict cannot take in the middle of a response). */
 static __always_inline void client_snapshot(struct bpf_sock *sk, struct ps_conn *c,
 					    struct ps_conn *p, const int clean_only)
 {
@@ -711,8 +713,9 @@ static __always_inline void client_snapshot(struct bpf_sock *sk, struct ps_conn 
 	 * not at all, never the other way round */
 	written = c->out_base + READ_ONCE(p->fwd);
 	accepted = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
-	/* such a look makes client_ready() refuse until the next one: an ACK
-	 * in the middle of a stream of pushes keeps the look it had */
+	/* a push or the TCP leg's bytes on their way in: with such a look
+	 * client_ready() would refuse until the next one, so an ACK keeps the
+	 * look there is */
 	if (clean_only && accepted < written)
 		return;
 	WRITE_ONCE(c->snap_seq, c->snap_seq + 1);

@@ -145,8 +145,9 @@ struct ps_rx_seq {
  * backend sent through the TCP connection has been through the verdict
  * (leg_sent == passed + fwd - direct), every byte forwarded to the client
  * has entered the client socket, and the client socket has room for the
- * message (the last look the verdict took at the client socket, less what
- * was written into it since). Otherwise it sends the bytes the ordinary way, through the TCP
+ * message (the last look the verdict, or sockops at an ACK of the client,
+ * took at the client socket, less what was written into it since).
+ * Otherwise it sends the bytes the ordinary way, through the TCP
  * connection and the verdict, which keeps flow control and hand-backs. The
  * sk_msg program takes part in the busy/mode handshake like the verdict.
  *
