@@ -63,7 +63,7 @@ test_same_host_responses_go_straight_to_the_client() {
 # verdict's look when the request came counted, and once the response had
 # used half of that room the rest took the TCP connection (2 of 16 MiB went
 # straight here; a client in another network namespace, whose ACKs come
-# later, lost 38 % of its 1 MiB responses to the TCP leg). How much goes
+# later, lost up to 38 % of its 1 MiB responses to the TCP leg). How much goes
 # straight depends on the scheduling of a 2-CPU machine: the best of three.
 test_acks_keep_a_large_response_on_the_direct_path() {
 	direct_setup --direct-callers off || return 1
