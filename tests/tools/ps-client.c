@@ -611,6 +611,20 @@ static bool peer_closed(struct client *c)
 /* ------------------------------------------------------------------------ */
 /* Modes                                                                     */
 
+/* Reads one response and its body, prints its line (print_response_line());
+ * returns whether the server said it closes the connection after it. */
+static bool read_answer(struct client *c, const char *what)
+{
+	struct response r;
+	struct body_acc a;
+
+	read_response(c, &r, false, what);
+	acc_init(&a, false);
+	read_body(c, &r, &a, what);
+	print_response_line(&r, &a);
+	return r.close;
+}
+
 /* pipeline: every GET in one write, then the responses in order. */
 static int mode_pipeline(const char *addr, char **args, int nargs)
 {
@@ -635,16 +649,10 @@ static int mode_pipeline(const char *addr, char **args, int nargs)
 	send_or_fail(&c, all, all_len, "the pipelined requests");
 	free(all);
 	for (int i = 0; i < nargs; i++) {
-		struct response r;
-		struct body_acc a;
 		char what[64];
 
 		snprintf(what, sizeof(what), "response %d of %d", i + 1, nargs);
-		read_response(&c, &r, false, what);
-		acc_init(&a, false);
-		read_body(&c, &r, &a, what);
-		print_response_line(&r, &a);
-		if (r.close && i + 1 < nargs)
+		if (read_answer(&c, what) && i + 1 < nargs)
 			fail("server closed the connection after response %d of %d", i + 1, nargs);
 	}
 	client_close(&c);
@@ -658,19 +666,15 @@ static int mode_keepalive(const char *addr, char **args, int nargs)
 
 	client_connect(&c, addr, 0);
 	for (int i = 0; i < nargs; i++) {
-		struct response r;
-		struct body_acc a;
 		char what[64];
+		bool closes;
 
 		snprintf(what, sizeof(what), "response %d of %d", i + 1, nargs);
 		send_request(&c, "GET", args[i], "");
-		read_response(&c, &r, false, what);
-		acc_init(&a, false);
-		read_body(&c, &r, &a, what);
-		print_response_line(&r, &a);
+		closes = read_answer(&c, what);
 		if (i + 1 == nargs)
 			break;
-		if (r.close || peer_closed(&c))
+		if (closes || peer_closed(&c))
 			fail("server closed the connection after response %d of %d", i + 1, nargs);
 		if (ps_in_len(&c.in))
 			fail("unexpected bytes after response %d", i + 1);
@@ -678,20 +682,6 @@ static int mode_keepalive(const char *addr, char **args, int nargs)
 	printf("conns 1\n");
 	client_close(&c);
 	return 0;
-}
-
-/* One GET on c and its whole answer, printed. */
-static void get_one(struct client *c, const char *what)
-{
-	struct response r;
-	struct body_acc a;
-
-	read_response(c, &r, false, what);
-	acc_init(&a, false);
-	read_body(c, &r, &a, what);
-	print_response_line(&r, &a);
-	if (r.close)
-		fail("%s: the server closes the connection", what);
 }
 
 static uint64_t parse_count(const char *opt, const char *s);
@@ -729,7 +719,8 @@ static int mode_fanout(const char *addr, char **args, int nargs)
 		client_connect(&cs[i], addr, 0);
 		snprintf(what, sizeof(what), "first answer on connection %llu", (unsigned long long)i + 1);
 		send_request(&cs[i], "GET", args[1], "");
-		get_one(&cs[i], what);
+		if (read_answer(&cs[i], what))
+			fail("%s: the server closes the connection", what);
 	}
 	if (g_opt.stop_pid > 0) {
 		if (kill(g_opt.stop_pid, SIGSTOP))
@@ -746,7 +737,8 @@ static int mode_fanout(const char *addr, char **args, int nargs)
 	for (uint64_t i = 0; i < n; i++) {
 		arm_deadline(&cs[i]);
 		snprintf(what, sizeof(what), "second answer on connection %llu", (unsigned long long)i + 1);
-		get_one(&cs[i], what);
+		if (read_answer(&cs[i], what))
+			fail("%s: the server closes the connection", what);
 		client_close(&cs[i]);
 	}
 	free(cs);
