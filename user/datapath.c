@@ -473,22 +473,20 @@ void datapath_listener(struct datapath *dp, int fd, bool callers)
 	if (!dp->direct)
 		return;
 	if (getsockname(fd, (struct sockaddr *)&sin, &len) ||
-	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen)) {
-		pr_warn("clients' sockets not watched (same-host callers stay on TCP): %s",
-			strerror(errno));
-		return;
-	}
+	    getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &nlen))
+		goto fail;
 	dp->listen_key = (struct ps_listen){ .ip = sin.sin_addr.s_addr, .port = ntohs(sin.sin_port) };
 	if (bpf_map_update_elem(bpf_map__fd(dp->skel->maps.listeners), &dp->listen_key, &netns,
-				BPF_ANY)) {
-		pr_warn("clients' sockets not watched (same-host callers stay on TCP): %s",
-			strerror(errno));
-		return;
-	}
+				BPF_ANY))
+		goto fail;
 	dp->listening = true;
 	if (callers)
 		pr_debug("same-host callers of %s:%u go straight to the instances",
 			 inet_ntoa(sin.sin_addr), dp->listen_key.port);
+	return;
+fail:
+	pr_warn("clients' sockets not watched (same-host callers stay on TCP): %s",
+		strerror(errno));
 }
 
 int datapath_index(struct datapath *dp, int slot, int fd, uint64_t *cookie)
