@@ -127,6 +127,7 @@ struct conn {
 	uint16_t status;	/* error answer */
 	char reply[256];
 	uint32_t reply_len, reply_off;
+	uint32_t reply_after;	/* responses that go out before it */
 	struct sockaddr_in addr;	/* client */
 	/* the state timer */
 	enum timer_kind tkind;
@@ -832,6 +833,7 @@ static void fail(struct conn *c, uint16_t status, const char *why)
 {
 	build_reply(c, status, why);
 	c->block = BLK_REPLY;
+	c->reply_after = c->cli.pc->msgs;
 	if (c->state == CS_HEAD || c->state == CS_CONNECTING)
 		c->state = CS_OPEN;
 	if (c->req.src == NULL) {
@@ -1020,6 +1022,10 @@ static void block_request(struct conn *c, enum block why)
 	struct dir *d = &c->req;
 
 	c->block = why;
+	/* a message that failed in its body was counted at its head's end,
+	 * and perhaps partly sent on: no answer to it is waited for */
+	if (why == BLK_REPLY)
+		c->reply_after = c->cli.pc->msgs - (d->in_msg && d->head_done);
 	if (why == BLK_SWITCH || why == BLK_REPLY) {
 		/* frame the message again once it has somewhere to go */
 		d->p = d->msg_start;
@@ -1409,7 +1415,8 @@ static void try_unblock(struct conn *c)
 		return;
 	if (req->w < req->msg_start && c->be.fd >= 0)
 		return;	/* earlier request bytes still going to the backend */
-	if (c->be.fd >= 0 && c->be.pc->msgs < c->cli.pc->msgs && !resp->eof) {
+	if (c->be.fd >= 0 && !resp->eof &&
+	    c->be.pc->msgs < (c->block == BLK_REPLY ? c->reply_after : c->cli.pc->msgs)) {
 		if (dir_kernel_owned(resp)) {
 			/* watch the responses finish from here */
 			splice_take(c->be.pc);

@@ -29,6 +29,32 @@ test_malformed_requests_get_400() {
 	stop_pathsplice
 }
 
+# A chunked body that goes wrong after its head was routed (and perhaps
+# already sent on) is answered 400 at once, after the answers to earlier
+# requests, and the connection closes: nobody waits for an answer the
+# instance was never asked for.
+test_malformed_chunked_body_gets_400() {
+	local post='POST /service1/b?sink=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+	local get='GET /service1/first HTTP/1.1\r\nHost: x\r\n\r\n' out mode
+	# the kernel finds the error (as a same-host caller, and as any client),
+	# or the relay does (--direct off)
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup $mode || return 1
+		expect_match "$(raw --timeout 5 "${post}ffffffffffffffffff\r\n")" '^HTTP/1.1 400 ' "$mode: chunk size overflow" &&
+		expect_match "$(raw --timeout 5 "${post}zz\r\nab\r\n")" '^HTTP/1.1 400 ' "$mode: chunk size not hex" &&
+		expect_match "$(raw --timeout 5 "${post}3\r\nabcX\r\n")" '^HTTP/1.1 400 ' "$mode: chunk without its CRLF" || return 1
+		# behind a good request on the same connection: its answer comes first
+		out=$(raw --timeout 5 "${get}${post}4\r\nabcd\r\nfffffffffffffffffff\r\n")
+		expect_match "$out" '^HTTP/1.1 200 ' "$mode: earlier request answered first" &&
+		expect_match "$out" 's1a GET /service1/first' "$mode: earlier answer's body" &&
+		expect_match "$out" 'HTTP/1.1 400 Bad Request' "$mode: then the 400" &&
+		expect_match "$out" '\[eof\]' "$mode: and the connection closes" &&
+		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
+		stop_pathsplice || return 1
+	done
+}
+
 test_unknown_path_gets_404() {
 	errors_setup || return 1
 	local out
