@@ -110,10 +110,15 @@ start_backend() {
 	wait_port "$port" || fail "backend $name did not listen on $port"
 }
 
+# listener_pid PORT: the process listening on PORT
+listener_pid() {
+	ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+}
+
 # kill_backend PORT: stop the backend listening on PORT right away
 kill_backend() {
 	local pid
-	pid=$(ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+	pid=$(listener_pid "$1")
 	[ -n "$pid" ] || return 1
 	disown "$pid" 2>/dev/null	# no "Killed" job report in the test output
 	kill -KILL "$pid" && wait_pid_exit "$pid" 2

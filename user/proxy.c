@@ -1092,6 +1092,11 @@ static void on_request_event(struct conn *c, int ev)
 		if (c->keep && cp->msgs == 0)
 			keep_request_head(c);
 		d->upgrade = fr->flags & (PS_FF_UPGRADE | PS_FF_CONN_UPGRADE);
+		/* its answer decides what the connection becomes: watch the
+		 * responses from here, before the instance can have the request
+		 * (a refusal would go straight to the client unseen) */
+		if (d->upgrade && dir_kernel_owned(&c->resp))
+			splice_take(c->be.pc);
 		if (!c->block && c->be.fd >= 0)
 			__atomic_fetch_add(&conn_inst(c)->user_requests, 1, __ATOMIC_RELAXED);
 		if (fr->flags & PS_FF_HEAD)
@@ -1274,7 +1279,7 @@ static void dir_try_arm(struct dir *d)
 		return;
 	/* not the kernel's for now: userspace relays, TCP paces it */
 	if (!d->src->in_map || !d->dst->in_map || c->state != CS_OPEN || c->dead || d->eof ||
-	    c->block || (d->req && ps_frame_before_route(&pc->fr)))
+	    c->block || c->req.upgrade || (d->req && ps_frame_before_route(&pc->fr)))
 		return;
 	if (d->armed_at == d->consumed + 1 || __atomic_load_n(&pc->mode, __ATOMIC_ACQUIRE) ==
 	    PS_MODE_KERNEL)
@@ -1406,11 +1411,6 @@ static void try_unblock(struct conn *c)
 	struct proxy *px = c->px;
 	struct dir *req = &c->req, *resp = &c->resp;
 
-	if (c->block == BLK_UPGRADE && dir_kernel_owned(resp)) {
-		/* the answer to the upgrade decides what the connection becomes */
-		splice_take(c->be.pc);
-		dir_read(resp);
-	}
 	if (c->block != BLK_SWITCH && c->block != BLK_REPLY)
 		return;
 	if (req->w < req->msg_start && c->be.fd >= 0)

@@ -103,6 +103,27 @@ test_websocket_upgrade_echoes() {
 	stop_pathsplice
 }
 
+# An upgrade the instance refuses (any final answer but 101) leaves the
+# connection HTTP: the next request on it is served. The instance runs
+# SCHED_FIFO on the daemon's CPU, so it answers the moment the daemon has
+# written the request, before the daemon's next step: the refusal must not
+# reach the client without the daemon seeing it.
+test_refused_upgrade_keeps_the_connection_http() {
+	local mode out be
+	for mode in on off; do
+		bodies_setup --direct-callers "$mode" || return 1
+		be=$(listener_pid "$BACKEND_PORT")
+		taskset -a -p -c 0 "$PS_PID" >/dev/null && taskset -p -c 0 "$be" >/dev/null &&
+			chrt -f -p 10 "$be" || { fail "cannot pin the daemon and the instance"; return 1; }
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" -H 'Connection: Upgrade' \
+			-H 'Upgrade: foo' '/bulk/a?status=426' /bulk/b /bulk/c 2>&1)
+		expect_eq "$out" $'426 b1 b1 GET /bulk/a?status=426\n200 b1 b1 GET /bulk/b\n200 b1 b1 GET /bulk/c\nconns 1' \
+			"callers $mode: the refusal, then the next requests on the same connection" &&
+		stop_pathsplice || return 1
+		kill_backend "$BACKEND_PORT"
+	done
+}
+
 test_chunked_response_then_next_request() {
 	bodies_setup || return 1
 	local out
