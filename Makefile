@@ -4,6 +4,7 @@
 #   make run        install deps, build, start demo backends and the daemon on :8080
 #   make test       install deps, build, run every test; ends with "N passed, N failed"
 #   make bench      side-by-side benchmark: direct, HAProxy, nginx, pathsplice
+#   make soak       a minute of every traffic shape at once against the ASan build
 #   make deps       install the Debian packages the build, tests and bench need
 #   make vmlinux    regenerate vmlinux/vmlinux.h from this kernel's BTF
 #
@@ -55,7 +56,7 @@ TOOL_BINS := $(patsubst tests/tools/%.c,$(OUT)/tests/%,$(TOOL_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(OUT)/tests/%,$(FUZZ_SRCS))
 
-.PHONY: all asan tests deps run test bench vmlinux clean
+.PHONY: all asan tests deps run test bench soak vmlinux clean
 
 all: $(OUT)/pathsplice
 
@@ -116,6 +117,10 @@ test: deps
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all tests
 	$(Q)scripts/bench.sh
+
+soak: deps
+	$(Q)$(MAKE) --no-print-directory tests
+	$(Q)scripts/soak.sh
 
 vmlinux:
 	$(call msg,GEN,vmlinux/vmlinux.h)

@@ -58,6 +58,7 @@ static struct {
 	uint64_t body_bytes;
 	long drip_ms;			/* raw --drip MS */
 	bool shut;			/* raw --shut */
+	bool reset;			/* raw --reset */
 	long idle_ms;			/* raw --idle MS */
 	bool resume;			/* stall --resume */
 	const char *first;		/* stall --first: a request before the stalled one */
@@ -1487,6 +1488,11 @@ static int mode_raw(const char *addr, char **args, int nargs)
 		printf("[send stopped after %zu of %zu bytes: %s]\n", sent, len, stop);
 	printf("[%s]\n", end ? end : "idle");
 	free(data);
+	if (g_opt.reset) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
 	client_close(&c);
 	return 0;
 }
@@ -1553,6 +1559,7 @@ static void usage(FILE *f)
 		"  --drip MS           raw: send one byte every MS milliseconds\n"
 		"  --shut              raw: shutdown(SHUT_WR) after sending\n"
 		"  --no-shut           raw: keep the write side open (the default)\n"
+		"  --reset             raw: end with a reset (SO_LINGER 0), not a FIN\n"
 		"  --idle MS           raw: silence that ends the read (default 2000)\n"
 		"  --stop-pid PID      fanout: SIGSTOP PID while the second requests go out,\n"
 		"                      SIGCONT after --stop-ms (even if ps-client fails)\n"
@@ -1583,7 +1590,7 @@ static uint64_t parse_count(const char *opt, const char *s)
 
 static void parse_options(int argc, char **argv)
 {
-	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_IDLE,
+	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_RESET, O_IDLE,
 	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD, O_STOP_PID, O_STOP_MS };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
@@ -1593,6 +1600,7 @@ static void parse_options(int argc, char **argv)
 		{ "drip", required_argument, NULL, O_DRIP },
 		{ "shut", no_argument, NULL, O_SHUT },
 		{ "no-shut", no_argument, NULL, O_NO_SHUT },
+		{ "reset", no_argument, NULL, O_RESET },
 		{ "idle", required_argument, NULL, O_IDLE },
 		{ "resume", no_argument, NULL, O_RESUME },
 		{ "first", required_argument, NULL, O_FIRST },
@@ -1630,6 +1638,7 @@ static void parse_options(int argc, char **argv)
 		case O_DRIP: g_opt.drip_ms = (long)parse_count("--drip", optarg); break;
 		case O_SHUT: g_opt.shut = true; break;
 		case O_NO_SHUT: g_opt.shut = false; break;
+		case O_RESET: g_opt.reset = true; break;
 		case O_IDLE: g_opt.idle_ms = (long)parse_count("--idle", optarg); break;
 		case O_RESUME: g_opt.resume = true; break;
 		case O_FIRST: g_opt.first = optarg; break;
