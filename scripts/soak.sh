@@ -159,7 +159,7 @@ resets() {
 	"$TOOLS/ps-client" raw "127.0.0.1:$P" 'GET /service1/r?bytes=4000000 HTTP/1.1\r\n\r\nGET /service2/r HTTP/1.1\r\n\r\n' --idle 20 --reset &&
 		"$TOOLS/ps-client" raw "127.0.0.1:$P" 'GET /service2/r?bytes=300000 HTTP/1.1\r\n\r\n' --idle 5 --reset
 }
-churn() { # a3 in, a2 out (drained), a2 back, a3 out, then a3 stopped
+churn() { # a4 in, a2 out (drained), a2 back and a4 out, then a4 stopped
 	local step=$((DURATION / 4))
 	sleep "$step"; backend 4; registry a1 a2 a4; kill -HUP "$PS_PID"
 	sleep "$step"; registry a1 a4; kill -HUP "$PS_PID"
@@ -197,7 +197,8 @@ alive=1
 kill -0 "$PS_PID" 2>/dev/null || alive=0
 echo "soak: $DURATION s, --direct-callers $CALLERS ${EXTRA[*]}"
 for f in w-*.log; do
-	echo "  ${f#w-}: $(awk '/requests in/ { r = $1 } /Socket errors/ { e = $0 } /Non-2xx/ { x = $0 }
+	name=${f#w-}
+	echo "  ${name%.log}: $(awk '/requests in/ { r = $1 } /Socket errors/ { e = $0 } /Non-2xx/ { x = $0 }
 		END { printf "%s requests%s%s", r, e ? "; " e : "", x ? "; " x : "" }' "$f")"
 done
 echo "  loops: $(sort counts | tr '\n' ' ')"
