@@ -4,8 +4,8 @@
 # AddressSanitizer/UBSan build, with registry changes underneath, for a bounded
 # time. It fails on a sanitizer report, a daemon that dies, a wrong answer, a
 # client failure, or a connection the daemon still holds once every client has
-# gone. Not part of `make test` (it loads the machine for a minute); run it
-# after changing the data path. `scripts/soak.sh -h` for options.
+# gone. `make test` runs it for 20 s (test soak_of_every_traffic_shape_holds_nothing);
+# `make soak` for a minute. `scripts/soak.sh -h` for options.
 #
 # Everything it starts is stopped by PID on exit, including on Ctrl-C.
 set -Eeuo pipefail
@@ -21,7 +21,8 @@ PIN=/sys/fs/bpf/ps-soak
 
 usage() {
 	cat <<EOF
-Usage: scripts/soak.sh [--duration S] [--direct-callers on|off] [-- pathsplice run args]
+Usage: scripts/soak.sh [--duration S] [--direct-callers on|off] [--port-base N]
+                        [-- pathsplice run args]
 
 Runs, for S seconds (default $DURATION), all at once through one daemon
 ($BIN): keep-alive requests alternating services with bodies, Connection:
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--duration) DURATION=${2:?}; shift 2 ;;
 	--direct-callers) CALLERS=${2:?}; shift 2 ;;
+	--port-base) BASE=${2:?}; shift 2 ;;
 	--) shift; EXTRA=("$@"); break ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "soak: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -45,6 +47,10 @@ while [ $# -gt 0 ]; do
 done
 if ! [[ $DURATION =~ ^[0-9]+$ ]] || ((DURATION < 10 || DURATION > 3600)); then
 	echo "soak: --duration must be 10-3600 seconds" >&2
+	exit 2
+fi
+if ! [[ $BASE =~ ^[0-9]+$ ]] || ((BASE < 1024 || BASE > 65000)); then
+	echo "soak: --port-base must be 1024-65000" >&2
 	exit 2
 fi
 [ "$(id -u)" -eq 0 ] || { echo "soak: must run as root (BPF)" >&2; exit 1; }

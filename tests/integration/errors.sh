@@ -135,3 +135,14 @@ test_bad_registry_is_rejected_naming_the_field() {
 	expect_match "$out" 'bad.json: instance #1 \(id "a"\): field "port"' "error names file, record and field" &&
 	[ ! -e "$PS_PIN" ] || fail "pins left behind"
 }
+
+# Every traffic shape at once for 20 s, malformed input included, with
+# instances added, drained and stopped underneath (scripts/soak.sh): no
+# sanitizer report, no failed client, nothing held once the clients left.
+test_soak_of_every_traffic_shape_holds_nothing() {
+	if ! PATHSPLICE_BIN=$PATHSPLICE "$ROOT/scripts/soak.sh" --duration 20 --port-base "$T_PORT" >"$T_DIR/soak.out" 2>&1; then
+		fail "soak:$(grep -E 'FAILED' "$T_DIR/soak.out" | head -5 | tr -s ' ' | tr '\n' ';')"
+		return 1
+	fi
+	echo "    note: soak$(grep -E '^  (keepalive|loops):' "$T_DIR/soak.out" | tr -s ' ' | tr '\n' ';')"
+}
