@@ -389,7 +389,10 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 		break;
 	case PS_EV_HEAD_END:
 		if (c->side == PS_SIDE_BACKEND) {
-			if (w->fr.flags & PS_FF_TUNNEL)
+			/* a 101, or a response no request asked for (every
+			 * request is counted before the instance can have it):
+			 * userspace decides */
+			if ((w->fr.flags & PS_FF_TUNNEL) || w->msgs >= READ_ONCE(x->p->msgs))
 				stop(w, PS_HB_FRAMING, 1);
 			break;
 		}

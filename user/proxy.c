@@ -1185,6 +1185,14 @@ static void dir_process(struct dir *d)
 					return;	/* too deep a pipeline: wait for responses */
 				if (d->req && c->keep && pc->msgs)
 					return;	/* one exchange: nothing more goes to the instance */
+				if (!d->req && pc->msgs >= c->cli.pc->msgs) {
+					/* no request asked for it: the client must not
+					 * take it for the answer to its next one */
+					pr_warn("instance %s sent a response no request asked for",
+						router_instance_id(c->px->rt, c->inst));
+					c->dead = true;
+					return;
+				}
 				d->in_msg = true;
 				d->msg_start = d->p;
 				d->head_done = false;

@@ -55,6 +55,24 @@ test_malformed_chunked_body_gets_400() {
 	done
 }
 
+# An instance that answers twice (here both answers in one write) must not
+# have its second answer taken for the answer to the client's next request:
+# the connection closes after the first, in each data path mode.
+test_unasked_response_closes_the_connection() {
+	local out mode
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup $mode || return 1
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" '/service1/a?extra=1' /service1/b 2>&1)
+		expect_match "$out" '^200 s1a s1a GET /service1/a\?extra=1$' "$mode: the answer" &&
+		expect_match "$out" 'closed the connection after response 1 of 2|response 2 of 2: (connection closed before the response|read error: Connection reset by peer)' "$mode: then a close" &&
+		expect_no_match "$out" '^200 s1a extra' "$mode: the unasked answer never reaches the client" &&
+		expect_match "$(cat "$PS_LOG")" 'sent a response no request asked for' "$mode: logged" &&
+		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
+		stop_pathsplice || return 1
+	done
+}
+
 test_unknown_path_gets_404() {
 	errors_setup || return 1
 	local out

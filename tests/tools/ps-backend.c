@@ -158,6 +158,7 @@ struct query {
 	bool sink;		/* sink=1 */
 	bool close;		/* close=1 */
 	bool fresh;		/* fresh=1 */
+	bool extra;		/* extra=1 */
 	int status;		/* status=N, default 200 */
 	uint64_t sleep_ms;	/* sleep_ms=N */
 	bool stats;		/* path ends in /__stats */
@@ -280,6 +281,9 @@ static const char *query_param(struct query *q, const char *k, size_t kn, const 
 	} else if (ps_str_ieq(k, kn, "close")) {
 		if (!query_flag(v, vn, &q->close))
 			return "bad close= value (0 or 1)";
+	} else if (ps_str_ieq(k, kn, "extra")) {
+		if (!query_flag(v, vn, &q->extra))
+			return "bad extra= value (0 or 1)";
 	} else if (ps_str_ieq(k, kn, "fresh")) {
 		if (!query_flag(v, vn, &q->fresh))
 			return "bad fresh= value (0 or 1)";
@@ -493,6 +497,24 @@ static bool serve_default(struct conn *c)
 
 	free(text);
 	return ok;
+}
+
+/* extra=1, a broken server: the default answer and, in the same write, a
+ * second one nobody asked for. */
+static bool serve_extra(struct conn *c)
+{
+	int n = (int)strlen(g_name) + 1 + (int)strlen(c->req.method) + 1 +
+		(int)strlen(c->req.target) + 1;
+
+	if (!drain_body(c, NULL, NULL))
+		return false;
+	out_printf(&c->out, "HTTP/1.1 200 OK\r\nX-Instance: %s\r\nContent-Type: text/plain\r\n"
+		   "Content-Length: %d\r\n\r\n%s %s %s\n", g_name, n, g_name, c->req.method,
+		   c->req.target);
+	out_printf(&c->out, "HTTP/1.1 200 OK\r\nX-Instance: %s\r\nContent-Length: 6\r\n\r\nextra\n",
+		   g_name);
+	out_flush(&c->out);
+	return true;
 }
 
 /* /__stats: "requests R bytes_out B conns C\n". */
@@ -746,6 +768,8 @@ static bool serve_request(struct conn *c, const struct ps_head *h)
 		ok = serve_sink(c);
 	else if (r->q.has_bytes)
 		ok = serve_pattern(c);
+	else if (r->q.extra)
+		ok = serve_extra(c);
 	else
 		ok = serve_default(c);
 	return ok && r->keep_alive && !c->out.failed;
@@ -928,6 +952,7 @@ static void usage(FILE *f)
 		"  status=N     answer with status N (200-599); 204 and 304 have no body\n"
 		"  sleep_ms=N   wait N ms before answering\n"
 		"  close=1      Connection: close, then close\n"
+		"  extra=1      after the answer, a second one nobody asked for\n"
 		"  fresh=1      answered only as a connection's first request; later ones\n"
 		"               close the connection unanswered\n"
 		"Paths ending in /__stats answer \"requests R bytes_out B conns C\\n\".\n"
