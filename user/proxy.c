@@ -1131,8 +1131,16 @@ static void on_response_event(struct conn *c, int ev)
 		if (c->keep && !(fr->flags & PS_FF_INTERIM))
 			keep_response_head(c);
 		if (fr->flags & PS_FF_TUNNEL) {
-			if (c->block == BLK_UPGRADE)
+			if (c->block == BLK_UPGRADE) {
 				tunnel(c);
+			} else if (!c->req.upgrade) {
+				/* another protocol the client never asked for:
+				 * not a byte of it goes on */
+				pr_warn("instance %s switched protocols unasked",
+					router_instance_id(c->px->rt, c->inst));
+				c->resp.p = c->resp.msg_start;
+				c->dead = true;
+			}
 		} else if (!(fr->flags & PS_FF_INTERIM) && c->block == BLK_UPGRADE &&
 			   bp->msgs == c->upgrade_idx) {
 			/* upgrade refused: the connection stays HTTP */

@@ -73,6 +73,24 @@ test_unasked_response_closes_the_connection() {
 	done
 }
 
+# An instance that switches protocols unasked (101 to a request without an
+# upgrade) gets the client connection closed: no byte of the other protocol
+# reaches the client, which got every answer before it.
+test_unasked_101_closes_the_connection() {
+	local out mode
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup $mode || return 1
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /service1/a '/service1/b?switch=1' 2>&1)
+		expect_match "$out" '^200 s1a s1a GET /service1/a$' "$mode: the answer before" &&
+		expect_match "$out" 'response 2 of 2: (connection closed before the response|read error: Connection reset by peer)' "$mode: then a close" &&
+		expect_no_match "$out" '^101 |other protocol' "$mode: nothing of the 101" &&
+		expect_match "$(cat "$PS_LOG")" 'switched protocols unasked' "$mode: logged" &&
+		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
+		stop_pathsplice || return 1
+	done
+}
+
 test_unknown_path_gets_404() {
 	errors_setup || return 1
 	local out

@@ -159,6 +159,7 @@ struct query {
 	bool close;		/* close=1 */
 	bool fresh;		/* fresh=1 */
 	bool extra;		/* extra=1 */
+	bool unasked_101;	/* switch=1 */
 	int status;		/* status=N, default 200 */
 	uint64_t sleep_ms;	/* sleep_ms=N */
 	bool stats;		/* path ends in /__stats */
@@ -281,6 +282,9 @@ static const char *query_param(struct query *q, const char *k, size_t kn, const 
 	} else if (ps_str_ieq(k, kn, "close")) {
 		if (!query_flag(v, vn, &q->close))
 			return "bad close= value (0 or 1)";
+	} else if (ps_str_ieq(k, kn, "switch")) {
+		if (!query_flag(v, vn, &q->unasked_101))
+			return "bad switch= value (0 or 1)";
 	} else if (ps_str_ieq(k, kn, "extra")) {
 		if (!query_flag(v, vn, &q->extra))
 			return "bad extra= value (0 or 1)";
@@ -513,6 +517,18 @@ static bool serve_extra(struct conn *c)
 		   c->req.target);
 	out_printf(&c->out, "HTTP/1.1 200 OK\r\nX-Instance: %s\r\nContent-Length: 6\r\n\r\nextra\n",
 		   g_name);
+	out_flush(&c->out);
+	return true;
+}
+
+/* switch=1, a broken server: 101 to a request that asked for no upgrade,
+ * then bytes of another protocol. */
+static bool serve_unasked_101(struct conn *c)
+{
+	if (!drain_body(c, NULL, NULL))
+		return false;
+	out_printf(&c->out, "HTTP/1.1 101 Switching Protocols\r\nX-Instance: %s\r\nUpgrade: x\r\n"
+		   "Connection: upgrade\r\n\r\nother protocol\n", g_name);
 	out_flush(&c->out);
 	return true;
 }
@@ -770,6 +786,8 @@ static bool serve_request(struct conn *c, const struct ps_head *h)
 		ok = serve_pattern(c);
 	else if (r->q.extra)
 		ok = serve_extra(c);
+	else if (r->q.unasked_101)
+		ok = serve_unasked_101(c);
 	else
 		ok = serve_default(c);
 	return ok && r->keep_alive && !c->out.failed;
@@ -953,6 +971,7 @@ static void usage(FILE *f)
 		"  sleep_ms=N   wait N ms before answering\n"
 		"  close=1      Connection: close, then close\n"
 		"  extra=1      after the answer, a second one nobody asked for\n"
+		"  switch=1     101 Switching Protocols, though no upgrade was asked for\n"
 		"  fresh=1      answered only as a connection's first request; later ones\n"
 		"               close the connection unanswered\n"
 		"Paths ending in /__stats answer \"requests R bytes_out B conns C\\n\".\n"
