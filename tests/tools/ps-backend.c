@@ -26,6 +26,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,36 +262,35 @@ static bool query_flag(const char *v, size_t n, bool *out)
 	return true;
 }
 
+/* The parameters that take 0 or 1. */
+static const struct {
+	const char *name;
+	size_t off;		/* of its bool in struct query */
+	const char *bad;
+} query_flags[] = {
+	{ "chunked", offsetof(struct query, chunked), "bad chunked= value (0 or 1)" },
+	{ "echo", offsetof(struct query, echo), "bad echo= value (0 or 1)" },
+	{ "sink", offsetof(struct query, sink), "bad sink= value (0 or 1)" },
+	{ "close", offsetof(struct query, close), "bad close= value (0 or 1)" },
+	{ "switch", offsetof(struct query, unasked_101), "bad switch= value (0 or 1)" },
+	{ "extra", offsetof(struct query, extra), "bad extra= value (0 or 1)" },
+	{ "fresh", offsetof(struct query, fresh), "bad fresh= value (0 or 1)" },
+};
+
 /* Applies one key=value pair; returns the reason it is invalid, or NULL. */
 static const char *query_param(struct query *q, const char *k, size_t kn, const char *v, size_t vn)
 {
 	uint64_t num;
 
+	for (size_t i = 0; i < sizeof(query_flags) / sizeof(query_flags[0]); i++) {
+		if (ps_str_ieq(k, kn, query_flags[i].name))
+			return query_flag(v, vn, (bool *)((char *)q + query_flags[i].off)) ?
+				NULL : query_flags[i].bad;
+	}
 	if (ps_str_ieq(k, kn, "bytes")) {
 		if (!ps_parse_dec(v, vn, PS_CHUNK_MAX, &q->bytes))
 			return "bad bytes= value";
 		q->has_bytes = true;
-	} else if (ps_str_ieq(k, kn, "chunked")) {
-		if (!query_flag(v, vn, &q->chunked))
-			return "bad chunked= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "echo")) {
-		if (!query_flag(v, vn, &q->echo))
-			return "bad echo= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "sink")) {
-		if (!query_flag(v, vn, &q->sink))
-			return "bad sink= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "close")) {
-		if (!query_flag(v, vn, &q->close))
-			return "bad close= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "switch")) {
-		if (!query_flag(v, vn, &q->unasked_101))
-			return "bad switch= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "extra")) {
-		if (!query_flag(v, vn, &q->extra))
-			return "bad extra= value (0 or 1)";
-	} else if (ps_str_ieq(k, kn, "fresh")) {
-		if (!query_flag(v, vn, &q->fresh))
-			return "bad fresh= value (0 or 1)";
 	} else if (ps_str_ieq(k, kn, "status")) {
 		/* 1xx would not end the exchange; 101 belongs to the upgrade. */
 		if (!ps_parse_dec(v, vn, 599, &num) || num < 200)
