@@ -602,6 +602,10 @@ static __always_inline __u32 walk_segment(struct __sk_buff *skb, struct sk_msg_m
 		else if (c->side == PS_SIDE_CLIENT && ps_frame_before_route(&w->fr))
 			/* the service of this request is not known yet */
 			stop(w, PS_HB_PARTIAL, 1);
+		else if (c->side == PS_SIDE_BACKEND && ps_frame_in_head(&w->fr))
+			/* a response head goes on whole, so that userspace can
+			 * still answer 502 for it if it turns out broken */
+			stop(w, PS_HB_PARTIAL, 1);
 	}
 	return w->handback;
 }

@@ -169,6 +169,12 @@ static __always_inline int ps_frame_at_start(const struct ps_frame *fr)
 	return fr->state == PS_FS_START;
 }
 
+/* True from a message's first byte until its head is complete. */
+static __always_inline int ps_frame_in_head(const struct ps_frame *fr)
+{
+	return fr->state != PS_FS_START && fr->state < PS_FS_BODY;
+}
+
 /* True while the request line has not reached the end of its path: the
  * bytes read so far do not yet say which service the request is for. */
 static __always_inline int ps_frame_before_route(const struct ps_frame *fr)

@@ -101,7 +101,7 @@ enum ps_handback {
 	PS_HB_NONE = 0,
 	PS_HB_SWITCH,			/* a request for another service (or none) */
 	PS_HB_FRAMING,			/* bytes the kernel does not frame: upgrade, CONNECT, errors */
-	PS_HB_PARTIAL,			/* a request line cut by the segment boundary */
+	PS_HB_PARTIAL,			/* a request line or a response head cut by the segment boundary */
 	PS_HB_CONGESTED,		/* the peer has more than the flow-control limit queued */
 	PS_HB_PEER,			/* the peer is gone or has stopped reading */
 	PS_HB_LIMIT,			/* more heads in one segment than one verdict run parses */

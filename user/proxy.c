@@ -94,7 +94,8 @@ struct dir {
 	uint32_t raw;		/* bytes at p the kernel already framed */
 	uint32_t msg_start;	/* start of the message being read */
 	bool in_msg;
-	bool head_done;		/* request: its head is complete, its bytes may go */
+	bool msg_here;		/* every byte of that message came to userspace */
+	bool head_done;		/* its head is complete: its bytes may go */
 	bool upgrade;		/* request: asks for a protocol upgrade */
 	int best;		/* request: longest-prefix service so far */
 	bool fin;		/* src has sent its FIN */
@@ -917,6 +918,7 @@ static void dir_sync(struct dir *d)
 	d->raw = pc->hb_skip;
 	/* the framer state is the one at the end of the raw bytes */
 	d->in_msg = !ps_frame_at_start(fr);
+	d->msg_here = false;	/* a message in progress began in the kernel */
 	d->msg_start = d->p + d->raw;
 	d->head_done = d->in_msg && fr->state >= PS_FS_BODY;
 	d->upgrade = false;
@@ -1015,6 +1017,47 @@ static void keep_response_head(struct conn *c)
 		d->ins_at = d->msg_start + reuse_head_end(head, len);
 		d->ins_off = 0;
 	}
+}
+
+/* Close the connection to the instance, keeping the client's stream in
+ * order: userspace writes into it only after what the instance put there. */
+static void retire_backend(struct conn *c)
+{
+	if (c->be.fd < 0)
+		return;
+	if (dir_kernel_owned(&c->resp))
+		splice_take(c->be.pc);
+	/* what it put into the client socket (not into the caller's) */
+	c->cli.pc->out_base += c->be.pc->fwd - c->be.pc->ingress;
+	ep_release(c->px, &c->be);
+}
+
+/* The instance broke the response being read. Not a byte of it goes on:
+ * the client gets a 502 for it after the answers before it, as from
+ * HAProxy or nginx, and the connection ends. Only a close can tell the
+ * client when part of the response went on already (a head the kernel
+ * passed in part, a body that breaks after its head was written). */
+static void bad_response(struct conn *c, const char *what)
+{
+	struct dir *d = &c->resp;
+	bool pending;
+
+	pr_warn("instance %s %s", router_instance_id(c->px->rt, c->inst), what);
+	if (!d->msg_here || d->w > d->msg_start) {
+		c->dead = true;
+		return;
+	}
+	d->p = d->e = d->msg_start;
+	d->in_msg = false;
+	/* nothing the client sends goes anywhere now */
+	if (dir_kernel_owned(&c->req))
+		splice_take(c->cli.pc);
+	/* an answer of ours to the request this answered is already due */
+	pending = c->block == BLK_REPLY && c->be.pc->msgs >= c->reply_after;
+	retire_backend(c);
+	if (!pending)
+		build_reply(c, 502, NULL);
+	c->block = BLK_REPLY;
 }
 
 static void block_request(struct conn *c, enum block why)
@@ -1128,18 +1171,15 @@ static void on_response_event(struct conn *c, int ev)
 
 	switch (ev) {
 	case PS_EV_HEAD_END:
+		c->resp.head_done = true;
 		if (c->keep && !(fr->flags & PS_FF_INTERIM))
 			keep_response_head(c);
 		if (fr->flags & PS_FF_TUNNEL) {
 			if (c->block == BLK_UPGRADE) {
 				tunnel(c);
 			} else if (!c->req.upgrade) {
-				/* another protocol the client never asked for:
-				 * not a byte of it goes on */
-				pr_warn("instance %s switched protocols unasked",
-					router_instance_id(c->px->rt, c->inst));
-				c->resp.p = c->resp.msg_start;
-				c->dead = true;
+				/* another protocol the client never asked for */
+				bad_response(c, "switched protocols unasked");
 			}
 		} else if (!(fr->flags & PS_FF_INTERIM) && c->block == BLK_UPGRADE &&
 			   bp->msgs == c->upgrade_idx) {
@@ -1152,9 +1192,7 @@ static void on_response_event(struct conn *c, int ev)
 		bp->msgs++;
 		break;
 	case PS_EV_ERROR:
-		pr_warn("instance %s sent a response that cannot be framed (%u)",
-			router_instance_id(c->px->rt, c->inst), fr->error);
-		c->dead = true;
+		bad_response(c, "sent a response that cannot be framed");
 		break;
 	}
 }
@@ -1202,6 +1240,7 @@ static void dir_process(struct dir *d)
 					return;
 				}
 				d->in_msg = true;
+				d->msg_here = true;
 				d->msg_start = d->p;
 				d->head_done = false;
 				d->best = -1;
@@ -1219,10 +1258,11 @@ static void dir_process(struct dir *d)
 	}
 }
 
-/* How far the framed bytes may be written. */
+/* How far the framed bytes may be written: a head goes once it is whole
+ * (a request's may go elsewhere; a response's may turn out broken). */
 static uint32_t dir_limit(struct dir *d)
 {
-	if (d->req && d->in_msg && !d->head_done)
+	if (d->in_msg && !d->head_done)
 		return d->msg_start;
 	return d->p;
 }
@@ -1337,6 +1377,8 @@ static void dir_try_finish(struct dir *d)
 		return;
 	if (d->req && c->keep)
 		return;	/* the instance connection may be kept: keep_finish() ends it */
+	if (!d->req && c->block == BLK_REPLY)
+		return;	/* an answer of ours comes last: linger() ends it */
 	if (dir_kernel_owned(d)) {
 		/* everything that arrived went through the verdict (the FIN
 		 * counts one; bytes the backend sent straight to the client never
@@ -1352,8 +1394,13 @@ static void dir_try_finish(struct dir *d)
 	} else {
 		if (!d->eof || (d->req && c->block))
 			return;
-		if (d->req && d->in_msg && !d->head_done)
+		if (d->in_msg && !d->head_done) {
+			if (!d->req) {
+				bad_response(c, "closed the connection in a response head");
+				return;
+			}
 			d->e = d->p = d->msg_start;	/* a request cut short goes nowhere */
+		}
 		if (d->w < d->e)
 			return;
 	}
@@ -1467,13 +1514,7 @@ static void try_unblock(struct conn *c)
 		return;
 	}
 	/* BLK_SWITCH: retire the backend, connect one of the next service */
-	if (c->be.fd >= 0) {
-		if (dir_kernel_owned(resp))
-			splice_take(c->be.pc);
-		/* what it put into the client socket (not into the caller's) */
-		c->cli.pc->out_base += c->be.pc->fwd - c->be.pc->ingress;
-		ep_release(px, &c->be);
-	}
+	retire_backend(c);
 	/* counters of the client slot are relative to its current backend */
 	c->cli.pc->fwd_retired += c->cli.pc->fwd;
 	c->cli.pc->fwd = 0;

@@ -73,19 +73,35 @@ test_unasked_response_closes_the_connection() {
 	done
 }
 
-# An instance that switches protocols unasked (101 to a request without an
-# upgrade) gets the client connection closed: no byte of the other protocol
-# reaches the client, which got every answer before it.
-test_unasked_101_closes_the_connection() {
-	local out mode
+# An instance that breaks a response (a head it cannot frame, a head it
+# cuts short with a close, a 101 to a request that asked for no upgrade)
+# gets the client a 502 for it, after the answers before it, and not a
+# byte of the broken response; the connection closes. A head that comes in
+# two writes is no broken one. In each data path mode: the kernel finds
+# the break (same-host caller, any client) or the relay does (--direct off).
+test_broken_response_gets_502() {
+	local out mode kind
 	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
 		# shellcheck disable=SC2086 # mode is two words
 		errors_setup $mode || return 1
-		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /service1/a '/service1/b?switch=1' 2>&1)
-		expect_match "$out" '^200 s1a s1a GET /service1/a$' "$mode: the answer before" &&
-		expect_match "$out" 'response 2 of 2: (connection closed before the response|read error: Connection reset by peer)' "$mode: then a close" &&
-		expect_no_match "$out" '^101 |other protocol' "$mode: nothing of the 101" &&
-		expect_match "$(cat "$PS_LOG")" 'switched protocols unasked' "$mode: logged" &&
+		for kind in head=garbled head=cut switch=1; do
+			out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" /service1/a "/service1/b?$kind" 2>&1)
+			expect_match "$out" '^200 s1a s1a GET /service1/a$' "$mode, $kind: the answer before" &&
+			expect_match "$out" '^502 - 502 Bad Gateway$' "$mode, $kind: then a 502" &&
+			expect_match "$out" '^conns 1$' "$mode, $kind: on the same connection" || return 1
+			# the raw bytes: nothing of the broken response, then the close
+			out=$(raw --timeout 5 "GET /service1/b?$kind HTTP/1.1\r\nHost: x\r\n\r\n")
+			expect_match "$out" '^HTTP/1.1 502 Bad Gateway' "$mode, $kind: the 502 comes first" &&
+			expect_no_match "$out" 'X-Instance|101|other protocol' "$mode, $kind: nothing of the instance's" &&
+			expect_match "$out" '\[eof\]' "$mode, $kind: then the close" || return 1
+		done
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" '/service1/a?head=split' /service1/b 2>&1)
+		expect_eq "$out" "200 s1a s1a GET /service1/a?head=split
+200 s1a s1a GET /service1/b
+conns 1" "$mode: a head in two writes" &&
+		expect_match "$(cat "$PS_LOG")" 'instance s1a sent a response that cannot be framed' "$mode: logged (garbled)" &&
+		expect_match "$(cat "$PS_LOG")" 'instance s1a closed the connection in a response head' "$mode: logged (cut)" &&
+		expect_match "$(cat "$PS_LOG")" 'instance s1a switched protocols unasked' "$mode: logged (101)" &&
 		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
 		stop_pathsplice || return 1
 	done

@@ -161,6 +161,7 @@ struct query {
 	bool fresh;		/* fresh=1 */
 	bool extra;		/* extra=1 */
 	bool unasked_101;	/* switch=1 */
+	enum { HEAD_WHOLE, HEAD_SPLIT, HEAD_CUT, HEAD_GARBLED } head;	/* head=KIND */
 	int status;		/* status=N, default 200 */
 	uint64_t sleep_ms;	/* sleep_ms=N */
 	bool stats;		/* path ends in /__stats */
@@ -299,6 +300,15 @@ static const char *query_param(struct query *q, const char *k, size_t kn, const 
 	} else if (ps_str_ieq(k, kn, "sleep_ms")) {
 		if (!ps_parse_dec(v, vn, SLEEP_MAX_MS, &q->sleep_ms))
 			return "bad sleep_ms= value";
+	} else if (ps_str_ieq(k, kn, "head")) {
+		if (ps_str_ieq(v, vn, "split"))
+			q->head = HEAD_SPLIT;
+		else if (ps_str_ieq(v, vn, "cut"))
+			q->head = HEAD_CUT;
+		else if (ps_str_ieq(v, vn, "garbled"))
+			q->head = HEAD_GARBLED;
+		else
+			return "bad head= value (split, cut or garbled)";
 	}
 	return NULL;
 }
@@ -533,6 +543,41 @@ static bool serve_unasked_101(struct conn *c)
 	return true;
 }
 
+static void sleep_ms(uint64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* head=KIND: the default answer with its head in two writes 50 ms apart
+ * (split); a broken server: the head's first half, then a close (cut), or a
+ * head with two different Content-Lengths (garbled). Returns false to close. */
+static bool serve_head(struct conn *c, int kind)
+{
+	int n = (int)strlen(g_name) + 1 + (int)strlen(c->req.method) + 1 +
+		(int)strlen(c->req.target) + 1;
+
+	if (!drain_body(c, NULL, NULL))
+		return false;
+	out_printf(&c->out, "HTTP/1.1 200 OK\r\nX-Instance: %s\r\nContent-Le", g_name);
+	if (kind == HEAD_CUT) {
+		out_flush(&c->out);
+		return false;
+	}
+	if (kind == HEAD_SPLIT) {
+		out_flush(&c->out);
+		sleep_ms(50);
+	} else {
+		out_printf(&c->out, "ngth: 3\r\nContent-Le");
+	}
+	out_printf(&c->out, "ngth: %d\r\nContent-Type: text/plain\r\n\r\n%s %s %s\n", n, g_name,
+		   c->req.method, c->req.target);
+	out_flush(&c->out);
+	return true;
+}
+
 /* /__stats: "requests R bytes_out B conns C\n". */
 static bool serve_stats(struct conn *c)
 {
@@ -722,14 +767,6 @@ static void serve_websocket(struct conn *c, const struct ps_head *h)
 /* ------------------------------------------------------------------------ */
 /* Requests and connections                                                  */
 
-static void sleep_ms(uint64_t ms)
-{
-	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 /* Copies what outlives the head buffer (the body reads overwrite it). */
 static const char *request_init(struct request *r, const struct ps_head *h)
 {
@@ -788,6 +825,8 @@ static bool serve_request(struct conn *c, const struct ps_head *h)
 		ok = serve_extra(c);
 	else if (r->q.unasked_101)
 		ok = serve_unasked_101(c);
+	else if (r->q.head != HEAD_WHOLE)
+		ok = serve_head(c, r->q.head);
 	else
 		ok = serve_default(c);
 	return ok && r->keep_alive && !c->out.failed;
@@ -972,6 +1011,9 @@ static void usage(FILE *f)
 		"  close=1      Connection: close, then close\n"
 		"  extra=1      after the answer, a second one nobody asked for\n"
 		"  switch=1     101 Switching Protocols, though no upgrade was asked for\n"
+		"  head=split   the default answer, its head in two writes 50 ms apart\n"
+		"  head=cut     half a head, then a close\n"
+		"  head=garbled a head with two different Content-Lengths\n"
 		"  fresh=1      answered only as a connection's first request; later ones\n"
 		"               close the connection unanswered\n"
 		"Paths ending in /__stats answer \"requests R bytes_out B conns C\\n\".\n"
