@@ -147,6 +147,9 @@ struct conn {
 	bool dead;		/* to be closed at the end of this pump */
 	bool closed;
 	uint64_t moved;		/* bytes read, framed or written: progress of a pump */
+	/* idle between exchanges (housekeeping) */
+	uint64_t idle_progress;	/* conn_progress() when last seen */
+	uint64_t idle_since;	/* since then nothing moved and nothing was asked */
 };
 
 struct timer_list {
@@ -163,6 +166,9 @@ struct proxy_hook {
 
 #define MAX_HOOKS	4
 #define HOUSEKEEPING_MS	1000
+/* while draining: a keep-alive connection this idle is closed (nginx closes
+ * idle ones at once on a graceful stop) */
+#define DRAIN_IDLE_MS	1000
 
 /*
  * What an epoll event is for, by file descriptor (an event carries the fd
@@ -182,6 +188,7 @@ struct proxy {
 	struct proxy_hook hooks[MAX_HOOKS];
 	int n_hooks;
 	uint64_t house_at;		/* next housekeeping */
+	bool draining;			/* stopped accepting: connections finish */
 	struct datapath *dp;
 	struct router *rt;
 	struct health *health;		/* told about failed connects; may be NULL */
@@ -903,6 +910,16 @@ static bool dir_kernel_owned(struct dir *d)
 	return ep_kernel_owned(d->src);
 }
 
+/* Take the direction back from the kernel, if it has it; dir_try_arm()
+ * gives it back from where it stands once userspace is done with it. */
+static void dir_take(struct dir *d)
+{
+	if (!dir_kernel_owned(d))
+		return;
+	splice_take(d->src->pc);
+	d->armed_at = 0;
+}
+
 /* The kernel handed this direction back: take over its state. */
 static void dir_sync(struct dir *d)
 {
@@ -1025,8 +1042,7 @@ static void retire_backend(struct conn *c)
 {
 	if (c->be.fd < 0)
 		return;
-	if (dir_kernel_owned(&c->resp))
-		splice_take(c->be.pc);
+	dir_take(&c->resp);
 	/* what it put into the client socket (not into the caller's) */
 	c->cli.pc->out_base += c->be.pc->fwd - c->be.pc->ingress;
 	ep_release(c->px, &c->be);
@@ -1050,8 +1066,7 @@ static void bad_response(struct conn *c, const char *what)
 	d->p = d->e = d->msg_start;
 	d->in_msg = false;
 	/* nothing the client sends goes anywhere now */
-	if (dir_kernel_owned(&c->req))
-		splice_take(c->cli.pc);
+	dir_take(&c->req);
 	/* an answer of ours to the request this answered is already due */
 	pending = c->block == BLK_REPLY && c->be.pc->msgs >= c->reply_after;
 	retire_backend(c);
@@ -1138,8 +1153,8 @@ static void on_request_event(struct conn *c, int ev)
 		/* its answer decides what the connection becomes: watch the
 		 * responses from here, before the instance can have the request
 		 * (a refusal would go straight to the client unseen) */
-		if (d->upgrade && dir_kernel_owned(&c->resp))
-			splice_take(c->be.pc);
+		if (d->upgrade)
+			dir_take(&c->resp);
 		if (!c->block && c->be.fd >= 0)
 			__atomic_fetch_add(&conn_inst(c)->user_requests, 1, __ATOMIC_RELAXED);
 		if (fr->flags & PS_FF_HEAD)
@@ -1482,7 +1497,7 @@ static void try_unblock(struct conn *c)
 	    c->be.pc->msgs < (c->block == BLK_REPLY ? c->reply_after : c->cli.pc->msgs)) {
 		if (dir_kernel_owned(resp)) {
 			/* watch the responses finish from here */
-			splice_take(c->be.pc);
+			dir_take(resp);
 			dir_read(resp);
 		}
 		return;
@@ -1507,8 +1522,7 @@ static void try_unblock(struct conn *c)
 			}
 			c->reply_off += n;
 		}
-		if (c->be.fd >= 0 && dir_kernel_owned(resp))
-			splice_take(c->be.pc);
+		dir_take(resp);
 		ep_release(px, &c->be);
 		linger(c);
 		return;
@@ -1818,6 +1832,81 @@ static int run_timers(struct proxy *px)
 	return next > now ? (int)(next - now) : 0;
 }
 
+/* Every byte either side sent, whether the kernel or the daemon moved it:
+ * it changes whenever one does. */
+static uint64_t conn_progress(const struct conn *c)
+{
+	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
+
+	return c->moved + __atomic_load_n(&cp->fwd, __ATOMIC_RELAXED) + cp->fwd_retired +
+	       __atomic_load_n(&cp->passed, __ATOMIC_RELAXED) +
+	       __atomic_load_n(&bp->fwd, __ATOMIC_RELAXED) +
+	       __atomic_load_n(&bp->passed, __ATOMIC_RELAXED);
+}
+
+/* Between exchanges: every request the instance got has its answer, no
+ * message is on its way either way, and no tunnel is open. */
+static bool conn_between_exchanges(const struct conn *c)
+{
+	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
+
+	return c->state == CS_OPEN && !c->block && c->be.fd >= 0 && !c->req.fin &&
+	       !c->resp.fin && __atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) ==
+	       __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE) &&
+	       ps_frame_at_start(&cp->fr) && ps_frame_at_start(&bp->fr) &&
+	       c->req.w == c->req.e && c->resp.w == c->resp.e;
+}
+
+/* A keep-alive connection idle for --idle-timeout ends as nginx ends one
+ * after keepalive_timeout: its instance connection closes, and the client
+ * gets a FIN (a request that raced it is read and dropped, so the client
+ * sees a close, not a reset, and sends it again on a new connection). */
+static void idle_close(struct conn *c, uint32_t limit)
+{
+	/* with both streams the daemon's, no byte moves unseen */
+	dir_take(&c->req);
+	dir_take(&c->resp);
+	if (conn_progress(c) != c->idle_progress || !conn_between_exchanges(c)) {
+		pump(c);	/* something came after all: relay it, arm again */
+		return;
+	}
+	pr_debug("%s:%u idle for %u ms: closed", inet_ntoa(c->addr.sin_addr),
+		 ntohs(c->addr.sin_port), limit);
+	c->px->st.idle_closed++;
+	ep_release(c->px, &c->be);
+	c->cli.drained = false;	/* read what the client may have sent meanwhile */
+	linger(c);
+}
+
+/* Once a second: close the connections idle between exchanges for longer
+ * than --idle-timeout, or than DRAIN_IDLE_MS while draining (bytes the
+ * kernel moves show in the counters). */
+static void idle_sweep(struct proxy *px, uint64_t now)
+{
+	uint32_t limit = px->o.idle_timeout_ms;
+	struct conn *c, *nc;
+	uint64_t progress;
+
+	if (px->draining && (!limit || limit > DRAIN_IDLE_MS))
+		limit = DRAIN_IDLE_MS;
+	if (!limit)
+		return;
+
+	for (c = px->all; c; c = nc) {
+		nc = c->anext;
+		if (c->closed)
+			continue;
+		progress = conn_progress(c);
+		if (progress != c->idle_progress || !c->idle_since ||
+		    !conn_between_exchanges(c)) {
+			c->idle_progress = progress;
+			c->idle_since = now;
+		} else if (now - c->idle_since >= limit) {
+			idle_close(c, limit);
+		}
+	}
+}
+
 /*
  * Once a second, while instances drain or removed services wait for their
  * connections: close what the drain timeout ends, and let the router free
@@ -1836,6 +1925,7 @@ static void housekeeping(struct proxy *px)
 	px->house_at = now + HOUSEKEEPING_MS;
 	if (px->pool)
 		pool_sweep(px->pool, now);
+	idle_sweep(px, now);
 	if (!r->n_draining && !r->n_retired)
 		return;
 	memset(inst_refs, 0, sizeof(inst_refs));
@@ -2008,6 +2098,7 @@ int proxy_run(struct proxy *px, volatile sig_atomic_t *stop)
 	for (;;) {
 		if (*stop && !drain_end) {
 			stop_accepting(px);
+			px->draining = true;
 			drain_end = ps_now_ms() + px->o.drain_ms;
 			if (px->all) {
 				pr_info("draining: %zu connection%s may take up to %u ms to finish",

@@ -142,6 +142,38 @@ test_slow_head_gets_408_and_others_are_served() {
 	stop_pathsplice
 }
 
+# A keep-alive connection with no request for --idle-timeout is closed: a
+# FIN after its last answer. One whose requests come more often, one that
+# waits for a slow answer, and a WebSocket tunnel with nothing to say are
+# not; nor is any other connection.
+test_idle_keepalive_connection_is_closed() {
+	local out mode t0 t1 ws wsc closed=0
+	ws='GET /service1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+	ws+='Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup --idle-timeout 1s $mode || return 1
+		"$TOOLS/ps-client" raw --idle 2500 --timeout 10 "127.0.0.1:$PS_PORT" "$ws" >"$T_DIR/ws.out" &
+		wsc=$!
+		out=$("$TOOLS/ps-client" keepalive --gap 600 "127.0.0.1:$PS_PORT" /service1/a /service1/b \
+			/service1/c /service1/d 2>&1)
+		expect_match "$out" '^conns 1$' "$mode: requests 0.6 s apart keep their connection" || return 1
+		# a 2.5 s answer, then silence: the close comes a second or two after it
+		t0=$(now_ms)
+		out=$(raw --idle 5000 --timeout 10 'GET /service1/slow?sleep_ms=2500 HTTP/1.1\r\nHost: x\r\n\r\n')
+		t1=$(now_ms)
+		expect_match "$out" '^HTTP/1.1 200 ' "$mode: the slow answer" &&
+		expect_match "$out" '\[eof\]' "$mode: then the idle connection closes" || return 1
+		[ $((t1 - t0)) -ge 3400 ] || { fail "$mode: closed $((t1 - t0)) ms after the request"; return 1; }
+		wait "$wsc"
+		expect_match "$(cat "$T_DIR/ws.out")" '^HTTP/1.1 101 ' "$mode: the upgrade" &&
+		expect_match "$(cat "$T_DIR/ws.out")" '\[idle\]' "$mode: a silent tunnel stays open" &&
+		closed=$((closed + 1)) &&
+		expect_eq "$(grep -c 'idle for 1000 ms: closed' "$PS_LOG")" "$closed" "$mode: one connection closed idle" &&
+		stop_pathsplice || return 1
+	done
+}
+
 test_no_live_instance_gets_503() {
 	local p1 p2
 	alloc_port p1 p2

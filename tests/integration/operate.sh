@@ -37,6 +37,37 @@ test_sigterm_stops_accepting_and_lets_requests_finish() {
 	[ ! -e "$PS_PIN" ] || fail "pins left in $PS_PIN"
 }
 
+# A draining daemon closes keep-alive connections once they are idle
+# between exchanges (as nginx does on a graceful stop), not at the drain
+# timeout; a connection still busy gets to finish.
+test_sigterm_closes_idle_keepalive_connections() {
+	local pa idle busy t0
+	alloc_port pa
+	start_backend a "$pa" || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		a service1 /service1 $pa
+	EOT
+	start_pathsplice "$T_DIR/registry.json" --drain-timeout 20s || return 1
+	"$TOOLS/ps-client" raw --idle 15000 --timeout 20 "127.0.0.1:$PS_PORT" \
+		'GET /service1/idle HTTP/1.1\r\nHost: x\r\n\r\n' >"$T_DIR/idle.out" &
+	idle=$!
+	curl -s -o "$T_DIR/busy.out" --max-time 10 "$(url '/service1/busy?sleep_ms=2500')" &
+	busy=$!
+	sleep 0.5
+	t0=$(now_ms)
+	kill -TERM "$PS_PID"
+	wait "$idle" "$busy"
+	expect_match "$(cat "$T_DIR/idle.out")" '^HTTP/1.1 200 ' "the idle connection's answer" &&
+	expect_match "$(cat "$T_DIR/idle.out")" '\[eof\]' "then a close" &&
+	expect_match "$(cat "$T_DIR/busy.out")" '^a GET /service1/busy' "the busy one finished" || return 1
+	wait_pid_exit "$PS_PID" 5 || { fail "pathsplice still running"; return 1; }
+	echo "    note: SIGTERM -> exit with an idle and a busy connection: $(($(now_ms) - t0)) ms"
+	PS_PID=
+	check_sanitizers &&
+	expect_match "$(cat "$PS_LOG")" 'idle for 1000 ms: closed' "logged" &&
+	[ ! -e "$PS_PIN" ] || fail "pins left in $PS_PIN"
+}
+
 test_sighup_reads_the_registry_again() {
 	# an HTTP registry polled once a minute: only SIGHUP makes it read now
 	http_registry_setup --poll-interval 60s || return 1

@@ -60,6 +60,7 @@ static struct {
 	bool shut;			/* raw --shut */
 	bool reset;			/* raw --reset */
 	long idle_ms;			/* raw --idle MS */
+	long gap_ms;			/* keepalive --gap MS */
 	bool resume;			/* stall --resume */
 	const char *first;		/* stall --first: a request before the stalled one */
 	int rcvbuf;			/* stall --rcvbuf: SO_RCVBUF */
@@ -671,6 +672,8 @@ static int mode_keepalive(const char *addr, char **args, int nargs)
 		bool closes;
 
 		snprintf(what, sizeof(what), "response %d of %d", i + 1, nargs);
+		if (i && g_opt.gap_ms)
+			usleep(g_opt.gap_ms * 1000);
 		send_request(&c, "GET", args[i], "");
 		closes = read_answer(&c, what);
 		if (i + 1 == nargs)
@@ -1561,6 +1564,7 @@ static void usage(FILE *f)
 		"  --no-shut           raw: keep the write side open (the default)\n"
 		"  --reset             raw: end with a reset (SO_LINGER 0), not a FIN\n"
 		"  --idle MS           raw: silence that ends the read (default 2000)\n"
+		"  --gap MS            keepalive: wait MS before each request after the first\n"
 		"  --stop-pid PID      fanout: SIGSTOP PID while the second requests go out,\n"
 		"                      SIGCONT after --stop-ms (even if ps-client fails)\n"
 		"  --stop-ms MS        fanout: how long PID stays stopped (default 300)\n");
@@ -1591,7 +1595,7 @@ static uint64_t parse_count(const char *opt, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum { O_TIMEOUT = 256, O_BODY_BYTES, O_CHUNKED, O_DRIP, O_SHUT, O_NO_SHUT, O_RESET, O_IDLE,
-	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD, O_STOP_PID, O_STOP_MS };
+	       O_RESUME, O_BINARY_BYTES, O_FIRST, O_RCVBUF, O_REPEAT, O_METHOD, O_STOP_PID, O_STOP_MS, O_GAP };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "header", required_argument, NULL, 'H' },
@@ -1602,6 +1606,7 @@ static void parse_options(int argc, char **argv)
 		{ "no-shut", no_argument, NULL, O_NO_SHUT },
 		{ "reset", no_argument, NULL, O_RESET },
 		{ "idle", required_argument, NULL, O_IDLE },
+		{ "gap", required_argument, NULL, O_GAP },
 		{ "resume", no_argument, NULL, O_RESUME },
 		{ "first", required_argument, NULL, O_FIRST },
 		{ "rcvbuf", required_argument, NULL, O_RCVBUF },
@@ -1640,6 +1645,7 @@ static void parse_options(int argc, char **argv)
 		case O_NO_SHUT: g_opt.shut = false; break;
 		case O_RESET: g_opt.reset = true; break;
 		case O_IDLE: g_opt.idle_ms = (long)parse_count("--idle", optarg); break;
+		case O_GAP: g_opt.gap_ms = (long)parse_count("--gap", optarg); break;
 		case O_RESUME: g_opt.resume = true; break;
 		case O_FIRST: g_opt.first = optarg; break;
 		case O_RCVBUF:
