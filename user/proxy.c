@@ -1878,9 +1878,18 @@ static void idle_close(struct conn *c, uint32_t limit)
 	linger(c);
 }
 
-/* Once a second: close the connections idle between exchanges for longer
- * than --idle-timeout, or than DRAIN_IDLE_MS while draining (bytes the
- * kernel moves show in the counters). */
+/* A later request's head the daemon holds (the kernel hands back one whose
+ * path a segment cuts) and that the client stopped sending. */
+static bool conn_head_stalled(const struct conn *c)
+{
+	return c->state == CS_OPEN && !c->block && !ep_kernel_owned(&c->cli) &&
+	       c->req.in_msg && !c->req.head_done && !c->req.fin;
+}
+
+/* Once a second, for connections on which nothing moved (bytes the kernel
+ * moves show in the counters): close those idle between exchanges for
+ * --idle-timeout (DRAIN_IDLE_MS while draining), and answer 408 to a head
+ * stalled for --head-timeout, as to a connection's first. */
 static void idle_sweep(struct proxy *px, uint64_t now)
 {
 	uint32_t limit = px->o.idle_timeout_ms;
@@ -1889,20 +1898,20 @@ static void idle_sweep(struct proxy *px, uint64_t now)
 
 	if (px->draining && (!limit || limit > DRAIN_IDLE_MS))
 		limit = DRAIN_IDLE_MS;
-	if (!limit)
-		return;
-
 	for (c = px->all; c; c = nc) {
 		nc = c->anext;
 		if (c->closed)
 			continue;
 		progress = conn_progress(c);
-		if (progress != c->idle_progress || !c->idle_since ||
-		    !conn_between_exchanges(c)) {
+		if (progress != c->idle_progress || !c->idle_since) {
 			c->idle_progress = progress;
 			c->idle_since = now;
-		} else if (now - c->idle_since >= limit) {
+		} else if (limit && now - c->idle_since >= limit && conn_between_exchanges(c)) {
 			idle_close(c, limit);
+		} else if (now - c->idle_since >= px->o.head_timeout_ms && conn_head_stalled(c)) {
+			build_reply(c, 408, NULL);
+			block_request(c, BLK_REPLY);
+			pump(c);
 		}
 	}
 }

@@ -174,6 +174,25 @@ test_idle_keepalive_connection_is_closed() {
 	done
 }
 
+# A later request on a keep-alive connection whose head stops before its
+# path ends (so the daemon holds it, not the instance) gets 408 after
+# --head-timeout, after the answer before it; the connection closes.
+test_stalled_later_head_gets_408() {
+	local out mode t0 t1
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup --head-timeout 1s $mode || return 1
+		t0=$(now_ms)
+		out=$(raw --idle 4000 --timeout 10 'GET /service1/a HTTP/1.1\r\nHost: x\r\n\r\nGET /serv')
+		t1=$(now_ms)
+		expect_match "$out" 's1a GET /service1/a' "$mode: the first request's answer" &&
+		expect_match "$out" 'HTTP/1.1 408 Request Timeout' "$mode: then 408" &&
+		expect_match "$out" '\[eof\]' "$mode: and a close" || return 1
+		[ $((t1 - t0)) -ge 1000 ] || { fail "$mode: 408 after $((t1 - t0)) ms"; return 1; }
+		stop_pathsplice || return 1
+	done
+}
+
 test_no_live_instance_gets_503() {
 	local p1 p2
 	alloc_port p1 p2
