@@ -389,10 +389,13 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 		break;
 	case PS_EV_HEAD_END:
 		if (c->side == PS_SIDE_BACKEND) {
-			/* a 101, or a response no request asked for (every
-			 * request is counted before the instance can have it):
-			 * userspace decides */
-			if ((w->fr.flags & PS_FF_TUNNEL) || w->msgs >= READ_ONCE(x->p->msgs))
+			/* a 101, a response no request asked for (every request
+			 * is counted before the instance can have it), or one
+			 * that says the instance closes the connection (userspace
+			 * then lets the client see the close): userspace decides */
+			if ((w->fr.flags & (PS_FF_TUNNEL | PS_FF_CONN_CLOSE)) ||
+			    (w->fr.flags & (PS_FF_HTTP10 | PS_FF_CONN_KEEP)) == PS_FF_HTTP10 ||
+			    w->msgs >= READ_ONCE(x->p->msgs))
 				stop(w, PS_HB_FRAMING, 1);
 			break;
 		}

@@ -324,13 +324,14 @@ static void admin_extra(json_t *root, void *arg)
 	json_object_set_new(root, "registry", json_pack("{s:s, s:I, s:I}",
 		"source", controller_source(h->ctl), "tables", (json_int_t)cs.tables,
 		"errors", (json_int_t)cs.errors));
-	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"accepted", (json_int_t)__atomic_load_n(&ps->accepted, __ATOMIC_RELAXED),
 		"spliced", (json_int_t)__atomic_load_n(&ps->spliced, __ATOMIC_RELAXED),
 		"relayed", (json_int_t)__atomic_load_n(&ps->relayed, __ATOMIC_RELAXED),
 		"reused", (json_int_t)__atomic_load_n(&ps->reused, __ATOMIC_RELAXED),
 		"handbacks", (json_int_t)__atomic_load_n(&ps->handbacks, __ATOMIC_RELAXED),
 		"reroutes", (json_int_t)__atomic_load_n(&ps->reroutes, __ATOMIC_RELAXED),
+		"reconnects", (json_int_t)__atomic_load_n(&ps->reconnects, __ATOMIC_RELAXED),
 		"idle_closed", (json_int_t)__atomic_load_n(&ps->idle_closed, __ATOMIC_RELAXED),
 		"connect_failures",
 		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED)));

@@ -129,6 +129,7 @@ struct conn {
 	char reply[256];
 	uint32_t reply_len, reply_off;
 	uint32_t reply_after;	/* responses that go out before it */
+	bool be_closing;	/* the last response said the instance closes */
 	struct sockaddr_in addr;	/* client */
 	/* the state timer */
 	enum timer_kind tkind;
@@ -214,6 +215,7 @@ struct proxy {
 
 static void pump(struct conn *c);
 static void conn_close(struct conn *c);
+static bool backend_left(struct conn *c);
 
 /* ---- timers ---------------------------------------------------------- */
 
@@ -766,6 +768,7 @@ static void splice_setup(struct conn *c)
 	}
 	c->svc = c->next_svc;
 	c->state = CS_OPEN;
+	c->be_closing = false;
 	dir_reset(&c->resp);
 	if (!c->pooled)
 		__atomic_fetch_add(&conn_inst(c)->conns_total, 1, __ATOMIC_RELAXED);
@@ -1040,12 +1043,22 @@ static void keep_response_head(struct conn *c)
  * order: userspace writes into it only after what the instance put there. */
 static void retire_backend(struct conn *c)
 {
+	struct ps_conn *cp = c->cli.pc;
+
 	if (c->be.fd < 0)
 		return;
 	dir_take(&c->resp);
 	/* what it put into the client socket (not into the caller's) */
-	c->cli.pc->out_base += c->be.pc->fwd - c->be.pc->ingress;
+	cp->out_base += c->be.pc->fwd - c->be.pc->ingress;
 	ep_release(c->px, &c->be);
+	/* counters of the client slot are relative to its current backend */
+	cp->fwd_retired += cp->fwd;
+	cp->fwd = 0;
+	cp->ingress = 0;
+	cp->ingress_upto = 0;
+	cp->fc_next = 0;
+	cp->msgs = 0;
+	cp->head_bits = 0;
 }
 
 /* The instance broke the response being read. Not a byte of it goes on:
@@ -1187,6 +1200,10 @@ static void on_response_event(struct conn *c, int ev)
 	switch (ev) {
 	case PS_EV_HEAD_END:
 		c->resp.head_done = true;
+		/* the kernel hands back every response that says so */
+		if (!(fr->flags & PS_FF_INTERIM))
+			c->be_closing = (fr->flags & PS_FF_CONN_CLOSE) ||
+					((fr->flags & PS_FF_HTTP10) && !(fr->flags & PS_FF_CONN_KEEP));
 		if (c->keep && !(fr->flags & PS_FF_INTERIM))
 			keep_response_head(c);
 		if (fr->flags & PS_FF_TUNNEL) {
@@ -1388,8 +1405,15 @@ static void dir_try_finish(struct dir *d)
 	bool complete;
 	int st;
 
-	if (d->shut || !d->fin || d->dst->fd < 0)
+	if (d->shut || !d->fin)
 		return;
+	if (d->dst->fd < 0) {
+		/* no instance connection (it closed between exchanges): the
+		 * client's end ends it, a request cut short going nowhere */
+		if (d->req && d->eof && !c->block)
+			c->dead = true;
+		return;
+	}
 	if (d->req && c->keep)
 		return;	/* the instance connection may be kept: keep_finish() ends it */
 	if (!d->req && c->block == BLK_REPLY)
@@ -1419,6 +1443,8 @@ static void dir_try_finish(struct dir *d)
 		if (d->w < d->e)
 			return;
 	}
+	if (!d->req && backend_left(c))
+		return;
 	shutdown(d->dst->fd, SHUT_WR);
 	d->shut = true;
 	if (c->tkind == T_NONE)
@@ -1527,17 +1553,11 @@ static void try_unblock(struct conn *c)
 		linger(c);
 		return;
 	}
-	/* BLK_SWITCH: retire the backend, connect one of the next service */
+	/* BLK_SWITCH: retire the backend, connect one of the next service
+	 * (none left: the instance closed between exchanges, backend_left()) */
+	if (c->be.fd >= 0)
+		px->st.reroutes++;
 	retire_backend(c);
-	/* counters of the client slot are relative to its current backend */
-	c->cli.pc->fwd_retired += c->cli.pc->fwd;
-	c->cli.pc->fwd = 0;
-	c->cli.pc->ingress = 0;
-	c->cli.pc->ingress_upto = 0;
-	c->cli.pc->fc_next = 0;
-	c->cli.pc->msgs = 0;
-	c->cli.pc->head_bits = 0;
-	px->st.reroutes++;
 	c->tried = 0;
 	connect_next(c);
 }
@@ -1850,11 +1870,33 @@ static bool conn_between_exchanges(const struct conn *c)
 {
 	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
 
-	return c->state == CS_OPEN && !c->block && c->be.fd >= 0 && !c->req.fin &&
-	       !c->resp.fin && __atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) ==
+	return c->state == CS_OPEN && !c->block && !c->req.fin &&
+	       __atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) ==
 	       __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE) &&
 	       ps_frame_at_start(&cp->fr) && ps_frame_at_start(&bp->fr) &&
 	       c->req.w == c->req.e && c->resp.w == c->resp.e;
+}
+
+/* The instance closed its connection: if that was between exchanges (an
+ * idle keep-alive connection it ends, as gunicorn does after 2 s and
+ * Node.js after 5), the client's stays open, as HAProxy keeps it, and its
+ * next request goes to a new instance connection. Returns false when the
+ * client must see the close too. */
+static bool backend_left(struct conn *c)
+{
+	if (c->keep || c->one_shot || c->be_closing || c->px->draining || c->req.fin)
+		return false;
+	/* with the client's stream the daemon's, no request slips through */
+	dir_take(&c->req);
+	if (!conn_between_exchanges(c))
+		return false;	/* a request went to the instance as it left */
+	pr_debug("%s:%u instance %s closed between exchanges: client connection kept",
+		 inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port),
+		 router_instance_id(c->px->rt, c->inst));
+	retire_backend(c);
+	dir_reset(&c->resp);
+	c->px->st.reconnects++;
+	return true;
 }
 
 /* A keep-alive connection idle for --idle-timeout ends as nginx ends one

@@ -36,6 +36,7 @@ struct proxy_stats {
 	uint64_t reused;		/* one-shot requests sent on a kept instance connection */
 	uint64_t handbacks;
 	uint64_t reroutes;		/* keep-alive connections moved to another service */
+	uint64_t reconnects;		/* client connections kept when their instance closed */
 	uint64_t idle_closed;		/* keep-alive connections closed idle (--idle-timeout, drain) */
 	uint64_t errors[6];		/* 400, 404, 408, 431, 503, other */
 	uint64_t connect_failures;

@@ -74,6 +74,35 @@ test_keepalive_same_service_stays_in_kernel() {
 	stop_pathsplice
 }
 
+# An instance that closes idle keep-alive connections (as gunicorn does
+# after 2 s) does not close the client's: its next request goes to a new
+# instance connection. A response that says Connection: close still ends
+# the client connection. In each data-path mode.
+test_instance_closing_idle_connection_keeps_the_client() {
+	local p1 out mode kept=0
+	alloc_port p1
+	start_backend s1a "$p1" --idle-close 300 || return 1
+	write_registry "$T_DIR/registry.json" <<-EOT
+		s1a service1 /service1 $p1
+	EOT
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		start_pathsplice "$T_DIR/registry.json" $mode || return 1
+		out=$("$TOOLS/ps-client" keepalive --gap 700 "127.0.0.1:$PS_PORT" /service1/a /service1/b \
+			/service1/c 2>&1)
+		expect_eq "$out" "200 s1a s1a GET /service1/a
+200 s1a s1a GET /service1/b
+200 s1a s1a GET /service1/c
+conns 1" "$mode: three answers on one client connection" || return 1
+		kept=$((kept + 2))
+		expect_eq "$(grep -c 'closed between exchanges: client connection kept' "$PS_LOG")" "$kept" \
+			"$mode: the instance closed twice, the client saw none" &&
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" '/service1/d?close=1' /service1/e 2>&1)
+		expect_match "$out" 'closed the connection after response 1 of 2' "$mode: Connection: close ends it" &&
+		stop_pathsplice || return 1
+	done
+}
+
 # voluntary context switches of every thread of the daemon so far
 daemon_wakeups() {
 	cat /proc/"$PS_PID"/task/*/status | awk '$1 == "voluntary_ctxt_switches:" { n += $2 } END { print n }'

@@ -3,7 +3,7 @@
  * ps-backend: the HTTP/1.1 server that stands behind pathsplice in its
  * integration tests and benchmarks.
  *
- *   ps-backend --listen 127.0.0.1:PORT --name NAME [--pidfile FILE]
+ *   ps-backend --listen 127.0.0.1:PORT --name NAME [--pidfile FILE] [--idle-close MS]
  *
  * Every response names the instance (X-Instance: NAME), so a test can see
  * where the proxy routed a request; query parameters choose what the response
@@ -53,6 +53,7 @@
 
 static const char *g_name;
 static const char *g_pidfile;
+static long g_idle_close_ms;	/* --idle-close MS */
 
 /* Totals since start, reported by /__stats. */
 static struct {
@@ -917,6 +918,12 @@ static void start_connection(int fd)
 	ps_in_init(&c->in, c->inbuf, sizeof(c->inbuf), 0, sock_read, c);
 	/* Responses leave in whole writes already; don't let Nagle hold them. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (g_idle_close_ms) {
+		/* a read that waits this long fails: the connection closes */
+		struct timeval tv = { g_idle_close_ms / 1000, (g_idle_close_ms % 1000) * 1000 };
+
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	}
 
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -994,7 +1001,7 @@ static void *signal_thread(void *arg)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: ps-backend --listen HOST:PORT --name NAME [--pidfile FILE]\n"
+		"usage: ps-backend --listen HOST:PORT --name NAME [--pidfile FILE] [--idle-close MS]\n"
 		"       ps-backend --self-test\n"
 		"\n"
 		"HTTP/1.1 test backend: keep-alive, pipelining, chunked and Content-Length\n"
@@ -1023,6 +1030,8 @@ static void usage(FILE *f)
 		"  --listen HOST:PORT  address to listen on (SO_REUSEADDR)\n"
 		"  --name NAME         instance name: [A-Za-z0-9._:-], at most 64 characters\n"
 		"  --pidfile FILE      write the pid there once listening; removed on exit\n"
+		"  --idle-close MS     close a connection that sends nothing for MS\n"
+		"                      (as gunicorn's keepalive ends idle ones)\n"
 		"  --self-test         run the shared parser/SHA-1/base64/pattern tests\n"
 		"  --help              this text\n"
 		"SIGTERM or SIGINT exits 0 at once.\n");
@@ -1042,6 +1051,7 @@ int main(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "pidfile", required_argument, NULL, 'p' },
+		{ "idle-close", required_argument, NULL, 'i' },
 		{ "self-test", no_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -1054,6 +1064,16 @@ int main(int argc, char **argv)
 		case 'l': listen_addr = optarg; break;
 		case 'n': g_name = optarg; break;
 		case 'p': g_pidfile = optarg; break;
+		case 'i': {
+			uint64_t ms;
+
+			if (!ps_parse_dec(optarg, strlen(optarg), 3600000, &ms) || !ms) {
+				fprintf(stderr, "ps-backend: --idle-close: want 1..3600000 ms\n");
+				return 2;
+			}
+			g_idle_close_ms = (long)ms;
+			break;
+		}
 		case 't': {
 			int failures = ps_selftest();
 
