@@ -342,30 +342,32 @@ static void test_before_route_until_path_ends(void **state)
 	assert_false(ps_frame_before_route(&fr));
 }
 
+/* Feeds a head byte by byte, in a head until its last byte; returns the
+ * event of that one. */
+static int feed_head(struct ps_frame *fr, const char *h)
+{
+	size_t k;
+
+	for (k = 0; h[k + 1]; k++) {
+		ps_frame_byte(fr, h[k], NULL);
+		assert_true(ps_frame_in_head(fr));
+	}
+	return ps_frame_byte(fr, h[k], NULL);
+}
+
 /* In a head from its first byte to the LF ending it; not in a body, not
  * between messages (the kernel hands back a response head cut by a segment). */
 static void test_in_head_from_first_byte_to_head_end(void **state)
 {
-	const char *h1 = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
-	const char *h2 = "HTTP/1.1 204 No Content\r\n\r\n";
 	struct ps_frame fr;
-	size_t k;
 
 	ps_frame_init(&fr, PS_FRAME_RESPONSE, HEAD_MAX);
 	assert_false(ps_frame_in_head(&fr));
-	for (k = 0; h1[k + 1]; k++) {
-		ps_frame_byte(&fr, h1[k], NULL);
-		assert_true(ps_frame_in_head(&fr));
-	}
-	assert_int_equal(ps_frame_byte(&fr, h1[k], NULL), PS_EV_HEAD_END);
+	assert_int_equal(feed_head(&fr, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"), PS_EV_HEAD_END);
 	assert_false(ps_frame_in_head(&fr));	/* in the body */
 	assert_int_equal(ps_frame_skip(&fr, 2), PS_EV_MSG_END);
 	assert_false(ps_frame_in_head(&fr));	/* between messages */
-	for (k = 0; h2[k + 1]; k++) {
-		ps_frame_byte(&fr, h2[k], NULL);
-		assert_true(ps_frame_in_head(&fr));
-	}
-	assert_int_equal(ps_frame_byte(&fr, h2[k], NULL), PS_EV_HEAD_END);
+	assert_int_equal(feed_head(&fr, "HTTP/1.1 204 No Content\r\n\r\n"), PS_EV_HEAD_END);
 	assert_false(ps_frame_in_head(&fr));	/* an empty body */
 	assert_int_equal(ps_frame_skip(&fr, 0), PS_EV_MSG_END);
 	assert_false(ps_frame_in_head(&fr));
