@@ -150,7 +150,7 @@ struct conn {
 	uint64_t moved;		/* bytes read, framed or written: progress of a pump */
 	/* idle between exchanges (housekeeping) */
 	uint64_t idle_progress;	/* conn_progress() when last seen */
-	uint64_t idle_since;	/* since then nothing moved and nothing was asked */
+	uint64_t idle_since;	/* when it was: nothing has moved since */
 };
 
 struct timer_list {

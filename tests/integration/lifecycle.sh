@@ -52,5 +52,8 @@ test_help_and_usage_errors() {
 	expect_match "$("$PATHSPLICE" run --direct-callers maybe 2>&1)" \
 		'^pathsplice: --direct-callers: expected on or off$' "on/off message" &&
 	{ "$PATHSPLICE" run --direct maybe >/dev/null 2>&1; expect_eq $? 2 "--direct usage error exit"; } &&
+	expect_match "$("$PATHSPLICE" run --idle-timeout 0 2>&1)" \
+		'^pathsplice: --idle-timeout: expected a duration like 60s, or off$' "--idle-timeout 0" &&
+	{ "$PATHSPLICE" run --idle-timeout soon >/dev/null 2>&1; expect_eq $? 2 "--idle-timeout usage error exit"; } &&
 	{ "$PATHSPLICE" frobnicate >/dev/null 2>&1; expect_eq $? 2 "unknown command exit"; }
 }
