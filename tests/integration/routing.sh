@@ -76,7 +76,8 @@ test_keepalive_same_service_stays_in_kernel() {
 
 # An instance that closes idle keep-alive connections (as gunicorn does
 # after 2 s) does not close the client's: its next request goes to a new
-# instance connection. A response that says Connection: close still ends
+# instance connection (requests 1 s apart, the instance closing after
+# 0.3 s). A response that says Connection: close still ends
 # the client connection. In each data-path mode.
 test_instance_closing_idle_connection_keeps_the_client() {
 	local p1 out mode kept=0
@@ -88,7 +89,7 @@ test_instance_closing_idle_connection_keeps_the_client() {
 	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
 		# shellcheck disable=SC2086 # mode is two words
 		start_pathsplice "$T_DIR/registry.json" $mode || return 1
-		out=$("$TOOLS/ps-client" keepalive --gap 700 "127.0.0.1:$PS_PORT" /service1/a /service1/b \
+		out=$("$TOOLS/ps-client" keepalive --gap 1000 "127.0.0.1:$PS_PORT" /service1/a /service1/b \
 			/service1/c 2>&1)
 		expect_eq "$out" "200 s1a s1a GET /service1/a
 200 s1a s1a GET /service1/b
