@@ -168,6 +168,9 @@ static void usage_run(FILE *f)
 		"  --fin-timeout DUR       time a half-closed connection may stay open (default 60s)\n"
 		"  --idle-timeout DUR|off  a keep-alive connection with no request for this long\n"
 		"                          is closed (default 60s)\n"
+		"  --response-timeout DUR|off\n"
+		"                          a request the instance has whole and has not begun\n"
+		"                          to answer for this long gets 504 (default 60s)\n"
 		"  --max-conns N           connections spliced at once; more are relayed in\n"
 		"                          userspace (default %d)\n"
 		"  --flow-limit BYTES      bytes the kernel may queue for a slow reader before\n"
@@ -324,7 +327,7 @@ static void admin_extra(json_t *root, void *arg)
 	json_object_set_new(root, "registry", json_pack("{s:s, s:I, s:I}",
 		"source", controller_source(h->ctl), "tables", (json_int_t)cs.tables,
 		"errors", (json_int_t)cs.errors));
-	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"accepted", (json_int_t)__atomic_load_n(&ps->accepted, __ATOMIC_RELAXED),
 		"spliced", (json_int_t)__atomic_load_n(&ps->spliced, __ATOMIC_RELAXED),
 		"relayed", (json_int_t)__atomic_load_n(&ps->relayed, __ATOMIC_RELAXED),
@@ -333,6 +336,8 @@ static void admin_extra(json_t *root, void *arg)
 		"reroutes", (json_int_t)__atomic_load_n(&ps->reroutes, __ATOMIC_RELAXED),
 		"reconnects", (json_int_t)__atomic_load_n(&ps->reconnects, __ATOMIC_RELAXED),
 		"idle_closed", (json_int_t)__atomic_load_n(&ps->idle_closed, __ATOMIC_RELAXED),
+		"response_timeouts",
+		(json_int_t)__atomic_load_n(&ps->response_timeouts, __ATOMIC_RELAXED),
 		"connect_failures",
 		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED)));
 }
@@ -366,7 +371,7 @@ static int cmd_run(int argc, char **argv)
 	enum { O_LISTEN = 256, O_REGISTRY, O_HOST, O_PIN_DIR, O_MAX_HEAD, O_HEAD_TIMEOUT,
 	       O_CONNECT_TIMEOUT, O_FIN_TIMEOUT, O_MAX_CONNS, O_FLOW_LIMIT, O_POLL_INTERVAL,
 	       O_DRAIN_TIMEOUT, O_CHECK_INTERVAL, O_CHECK_TIMEOUT, O_FALL, O_RISE, O_ADMIN,
-	       O_DIRECT, O_DIRECT_CALLERS, O_IDLE_TIMEOUT };
+	       O_DIRECT, O_DIRECT_CALLERS, O_IDLE_TIMEOUT, O_RESPONSE_TIMEOUT };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "registry", required_argument, NULL, O_REGISTRY },
@@ -377,6 +382,7 @@ static int cmd_run(int argc, char **argv)
 		{ "connect-timeout", required_argument, NULL, O_CONNECT_TIMEOUT },
 		{ "fin-timeout", required_argument, NULL, O_FIN_TIMEOUT },
 		{ "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
+		{ "response-timeout", required_argument, NULL, O_RESPONSE_TIMEOUT },
 		{ "max-conns", required_argument, NULL, O_MAX_CONNS },
 		{ "flow-limit", required_argument, NULL, O_FLOW_LIMIT },
 		{ "poll-interval", required_argument, NULL, O_POLL_INTERVAL },
@@ -400,6 +406,7 @@ static int cmd_run(int argc, char **argv)
 		.connect_timeout_ms = 2000,
 		.fin_timeout_ms = 60000,
 		.idle_timeout_ms = 60000,
+		.response_timeout_ms = 60000,
 		.linger_ms = 2000,
 		.listen_fd = -1,
 	};
@@ -481,14 +488,18 @@ static int cmd_run(int argc, char **argv)
 			break;
 		}
 		case O_IDLE_TIMEOUT:
-			po.idle_timeout_ms = 0;
-			if (strcmp(optarg, "off") &&
-			    (parse_duration(optarg, &po.idle_timeout_ms) || !po.idle_timeout_ms)) {
-				fprintf(stderr, "pathsplice: --idle-timeout: expected a duration like "
-					"60s, or off\n");
+		case O_RESPONSE_TIMEOUT: {
+			uint32_t *dst = opt == O_IDLE_TIMEOUT ? &po.idle_timeout_ms :
+					&po.response_timeout_ms;
+
+			*dst = 0;
+			if (strcmp(optarg, "off") && (parse_duration(optarg, dst) || !*dst)) {
+				fprintf(stderr, "pathsplice: --%s: expected a duration like 60s, or off\n",
+					longopts[li].name);
 				return 2;
 			}
 			break;
+		}
 		case O_MAX_CONNS:
 			if (parse_u64(optarg, 1, 1 << 20, &v)) {
 				fprintf(stderr, "pathsplice: --max-conns: expected 1..1048576\n");

@@ -530,6 +530,7 @@ static const char *reason_phrase(uint16_t status)
 	case 501: return "Not Implemented";
 	case 502: return "Bad Gateway";
 	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
 	case 505: return "HTTP Version Not Supported";
 	}
 	return "Error";
@@ -1920,6 +1921,39 @@ static void idle_close(struct conn *c, uint32_t limit)
 	linger(c);
 }
 
+/* Every request the instance has is whole, and the first one without its
+ * answer has not a byte of it yet. */
+static bool conn_awaits_answer(const struct conn *c)
+{
+	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
+
+	return c->state == CS_OPEN && !c->block && c->be.fd >= 0 &&
+	       (int32_t)(__atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) -
+			 __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE)) > 0 &&
+	       ps_frame_at_start(&cp->fr) && ps_frame_at_start(&bp->fr) &&
+	       c->req.w == c->req.e && c->resp.w == c->resp.e;
+}
+
+/* The instance has not begun to answer for --response-timeout: the client
+ * gets 504 after the answers before, as from nginx after
+ * proxy_read_timeout, and the connection ends. */
+static void answer_late(struct conn *c)
+{
+	dir_take(&c->req);
+	dir_take(&c->resp);
+	if (conn_progress(c) != c->idle_progress || !conn_awaits_answer(c)) {
+		pump(c);	/* the answer began after all */
+		return;
+	}
+	pr_warn("instance %s did not begin to answer within %u ms (504)",
+		router_instance_id(c->px->rt, c->inst), c->px->o.response_timeout_ms);
+	c->px->st.response_timeouts++;
+	retire_backend(c);
+	build_reply(c, 504, NULL);
+	c->block = BLK_REPLY;
+	pump(c);
+}
+
 /* A later request's head the daemon holds (the kernel hands back one whose
  * path a segment cuts) and that the client stopped sending. */
 static bool conn_head_stalled(const struct conn *c)
@@ -1930,8 +1964,9 @@ static bool conn_head_stalled(const struct conn *c)
 
 /* Once a second, for connections on which nothing moved (bytes the kernel
  * moves show in the counters): close those idle between exchanges for
- * --idle-timeout (DRAIN_IDLE_MS while draining), and answer 408 to a head
- * stalled for --head-timeout, as to a connection's first. */
+ * --idle-timeout (DRAIN_IDLE_MS while draining), answer 408 to a head
+ * stalled for --head-timeout, as to a connection's first, and 504 to a
+ * request whose answer has not begun for --response-timeout. */
 static void idle_sweep(struct proxy *px, uint64_t now)
 {
 	uint32_t limit = px->o.idle_timeout_ms;
@@ -1954,6 +1989,9 @@ static void idle_sweep(struct proxy *px, uint64_t now)
 			build_reply(c, 408, NULL);
 			block_request(c, BLK_REPLY);
 			pump(c);
+		} else if (px->o.response_timeout_ms &&
+			   now - c->idle_since >= px->o.response_timeout_ms && conn_awaits_answer(c)) {
+			answer_late(c);
 		}
 	}
 }

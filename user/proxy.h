@@ -24,6 +24,7 @@ struct proxy_opts {
 	uint32_t connect_timeout_ms;	/* to an instance, before trying the next */
 	uint32_t fin_timeout_ms;	/* a half-closed connection's other half */
 	uint32_t idle_timeout_ms;	/* a keep-alive connection idle between exchanges; 0: none */
+	uint32_t response_timeout_ms;	/* a whole request with no byte of its answer: 504; 0: none */
 	uint32_t linger_ms;		/* reading after an error answer, before close */
 	uint32_t drain_ms;		/* after a stop, time connections get to finish */
 	int listen_fd;			/* a listening socket taken over, or -1: bind `listen` */
@@ -38,6 +39,7 @@ struct proxy_stats {
 	uint64_t reroutes;		/* keep-alive connections moved to another service */
 	uint64_t reconnects;		/* client connections kept when their instance closed */
 	uint64_t idle_closed;		/* keep-alive connections closed idle (--idle-timeout, drain) */
+	uint64_t response_timeouts;	/* 504s for --response-timeout */
 	uint64_t errors[6];		/* 400, 404, 408, 431, 503, other */
 	uint64_t connect_failures;
 };

@@ -193,6 +193,27 @@ test_stalled_later_head_gets_408() {
 	done
 }
 
+# A request the instance has whole and does not begin to answer within
+# --response-timeout gets 504, after the answers before it, and the
+# connection closes; a slower answer within the timeout is not cut.
+test_late_answer_gets_504() {
+	local out mode n=0
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup --response-timeout 1s $mode || return 1
+		out=$("$TOOLS/ps-client" keepalive "127.0.0.1:$PS_PORT" '/service1/a?sleep_ms=400' \
+			'/service1/b?sleep_ms=4000' 2>&1)
+		expect_match "$out" '^200 s1a s1a GET /service1/a\?sleep_ms=400$' "$mode: an answer in 0.4 s" &&
+		expect_match "$out" '^504 - 504 Gateway Timeout$' "$mode: then 504" &&
+		expect_match "$out" '^conns 1$' "$mode: on the same connection" || return 1
+		n=$((n + 1))
+		expect_eq "$(grep -c 'instance s1a did not begin to answer within 1000 ms (504)' "$PS_LOG")" \
+			"$n" "$mode: logged" &&
+		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
+		stop_pathsplice || return 1
+	done
+}
+
 test_no_live_instance_gets_503() {
 	local p1 p2
 	alloc_port p1 p2

@@ -55,5 +55,7 @@ test_help_and_usage_errors() {
 	expect_match "$("$PATHSPLICE" run --idle-timeout 0 2>&1)" \
 		'^pathsplice: --idle-timeout: expected a duration like 60s, or off$' "--idle-timeout 0" &&
 	{ "$PATHSPLICE" run --idle-timeout soon >/dev/null 2>&1; expect_eq $? 2 "--idle-timeout usage error exit"; } &&
+	expect_match "$("$PATHSPLICE" run --response-timeout never 2>&1)" \
+		'^pathsplice: --response-timeout: expected a duration like 60s, or off$' "--response-timeout never" &&
 	{ "$PATHSPLICE" frobnicate >/dev/null 2>&1; expect_eq $? 2 "unknown command exit"; }
 }
