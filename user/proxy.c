@@ -1865,17 +1865,40 @@ static uint64_t conn_progress(const struct conn *c)
 	       __atomic_load_n(&bp->passed, __ATOMIC_RELAXED);
 }
 
-/* Between exchanges: every request the instance got has its answer, no
- * message is on its way either way, and no tunnel is open. */
-static bool conn_between_exchanges(const struct conn *c)
+/* With no message on its way either way (nor a tunnel) and nothing held
+ * in userspace: how many requests the instance has not begun to answer;
+ * -1 otherwise. */
+static int conn_unanswered(const struct conn *c)
 {
 	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
 
-	return c->state == CS_OPEN && !c->block && !c->req.fin &&
-	       __atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) ==
-	       __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE) &&
-	       ps_frame_at_start(&cp->fr) && ps_frame_at_start(&bp->fr) &&
-	       c->req.w == c->req.e && c->resp.w == c->resp.e;
+	if (c->state != CS_OPEN || c->block || !ps_frame_at_start(&cp->fr) ||
+	    !ps_frame_at_start(&bp->fr) || c->req.w != c->req.e || c->resp.w != c->resp.e)
+		return -1;
+	return (int32_t)(__atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) -
+			 __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE));
+}
+
+/* Between exchanges: every request the instance got has its answer. */
+static bool conn_between_exchanges(const struct conn *c)
+{
+	return !c->req.fin && conn_unanswered(c) == 0;
+}
+
+/* Every request the instance has is whole, and the first one without its
+ * answer has not a byte of it yet. */
+static bool conn_awaits_answer(const struct conn *c)
+{
+	return c->be.fd >= 0 && conn_unanswered(c) > 0;
+}
+
+/* Both streams taken back from the kernel, so that no byte moves unseen:
+ * has nothing moved since the sweep looked? */
+static bool conn_took_still(struct conn *c)
+{
+	dir_take(&c->req);
+	dir_take(&c->resp);
+	return conn_progress(c) == c->idle_progress;
 }
 
 /* The instance closed its connection: if that was between exchanges (an
@@ -1906,10 +1929,7 @@ static bool backend_left(struct conn *c)
  * sees a close, not a reset, and sends it again on a new connection). */
 static void idle_close(struct conn *c, uint32_t limit)
 {
-	/* with both streams the daemon's, no byte moves unseen */
-	dir_take(&c->req);
-	dir_take(&c->resp);
-	if (conn_progress(c) != c->idle_progress || !conn_between_exchanges(c)) {
+	if (!conn_took_still(c) || !conn_between_exchanges(c)) {
 		pump(c);	/* something came after all: relay it, arm again */
 		return;
 	}
@@ -1921,27 +1941,12 @@ static void idle_close(struct conn *c, uint32_t limit)
 	linger(c);
 }
 
-/* Every request the instance has is whole, and the first one without its
- * answer has not a byte of it yet. */
-static bool conn_awaits_answer(const struct conn *c)
-{
-	const struct ps_conn *cp = c->cli.pc, *bp = c->be.pc;
-
-	return c->state == CS_OPEN && !c->block && c->be.fd >= 0 &&
-	       (int32_t)(__atomic_load_n(&cp->msgs, __ATOMIC_ACQUIRE) -
-			 __atomic_load_n(&bp->msgs, __ATOMIC_ACQUIRE)) > 0 &&
-	       ps_frame_at_start(&cp->fr) && ps_frame_at_start(&bp->fr) &&
-	       c->req.w == c->req.e && c->resp.w == c->resp.e;
-}
-
 /* The instance has not begun to answer for --response-timeout: the client
  * gets 504 after the answers before, as from nginx after
  * proxy_read_timeout, and the connection ends. */
 static void answer_late(struct conn *c)
 {
-	dir_take(&c->req);
-	dir_take(&c->resp);
-	if (conn_progress(c) != c->idle_progress || !conn_awaits_answer(c)) {
+	if (!conn_took_still(c) || !conn_awaits_answer(c)) {
 		pump(c);	/* the answer began after all */
 		return;
 	}
