@@ -211,9 +211,9 @@ static enum MHD_Result get_culprit(struct admin *a, struct MHD_Connection *conn)
 	return reply_json(conn, MHD_HTTP_OK, j, false);
 }
 
-/* The stats document, or NULL after answering the error. */
-static json_t *collect(struct admin *a, struct MHD_Connection *conn, bool with_extra,
-		       enum MHD_Result *ret)
+/* The stats document with the daemon's own counters, or NULL after answering
+ * the error. */
+static json_t *collect(struct admin *a, struct MHD_Connection *conn, enum MHD_Result *ret)
 {
 	char msg[160];
 	json_t *root;
@@ -222,7 +222,7 @@ static json_t *collect(struct admin *a, struct MHD_Connection *conn, bool with_e
 	pthread_mutex_lock(&a->stats_lock);
 	root = stats_collect(&a->maps);
 	err = errno;
-	if (root && with_extra && a->extra)
+	if (root && a->extra)
 		a->extra(root, a->arg);
 	pthread_mutex_unlock(&a->stats_lock);
 	if (!root) {
@@ -236,7 +236,7 @@ static json_t *collect(struct admin *a, struct MHD_Connection *conn, bool with_e
 static enum MHD_Result get_stats(struct admin *a, struct MHD_Connection *conn)
 {
 	enum MHD_Result ret = MHD_NO;
-	json_t *root = collect(a, conn, true, &ret);
+	json_t *root = collect(a, conn, &ret);
 
 	return root ? reply_json(conn, MHD_HTTP_OK, root, false) : ret;
 }
@@ -244,7 +244,7 @@ static enum MHD_Result get_stats(struct admin *a, struct MHD_Connection *conn)
 static enum MHD_Result get_metrics(struct admin *a, struct MHD_Connection *conn)
 {
 	enum MHD_Result ret = MHD_NO;
-	json_t *root = collect(a, conn, false, &ret);
+	json_t *root = collect(a, conn, &ret);
 	char *text = NULL;
 	size_t len = 0;
 	int rc;

@@ -323,11 +323,13 @@ static void admin_extra(json_t *root, void *arg)
 	struct admin_hook *h = arg;
 	struct controller_stats cs = controller_stats(h->ctl);
 	const struct proxy_stats *ps = proxy_stats(h->px);
+	json_t *proxy, *answers = json_object();
+	char status[8];
 
 	json_object_set_new(root, "registry", json_pack("{s:s, s:I, s:I}",
 		"source", controller_source(h->ctl), "tables", (json_int_t)cs.tables,
 		"errors", (json_int_t)cs.errors));
-	json_object_set_new(root, "proxy", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	proxy = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"accepted", (json_int_t)__atomic_load_n(&ps->accepted, __ATOMIC_RELAXED),
 		"spliced", (json_int_t)__atomic_load_n(&ps->spliced, __ATOMIC_RELAXED),
 		"relayed", (json_int_t)__atomic_load_n(&ps->relayed, __ATOMIC_RELAXED),
@@ -339,7 +341,17 @@ static void admin_extra(json_t *root, void *arg)
 		"response_timeouts",
 		(json_int_t)__atomic_load_n(&ps->response_timeouts, __ATOMIC_RELAXED),
 		"connect_failures",
-		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED)));
+		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED));
+	for (int i = 0; answers && i < PROXY_ANSWER_KINDS; i++) {
+		snprintf(status, sizeof(status), "%u", proxy_answer_status[i]);
+		json_object_set_new(answers, status, json_integer((json_int_t)__atomic_load_n(
+			&ps->answers[i], __ATOMIC_RELAXED)));
+	}
+	if (proxy && answers)
+		json_object_set_new(proxy, "answers", answers);
+	else
+		json_decref(answers);
+	json_object_set_new(root, "proxy", proxy);
 }
 
 /*

@@ -536,12 +536,15 @@ static const char *reason_phrase(uint16_t status)
 	return "Error";
 }
 
+const uint16_t proxy_answer_status[PROXY_ANSWER_KINDS] = {
+	400, 404, 405, 408, 431, 501, 502, 503, 504, 505,
+};
+
 static void count_error(struct proxy *px, uint16_t status)
 {
-	int i = status == 400 ? 0 : status == 404 ? 1 : status == 408 ? 2 :
-		status == 431 ? 3 : status == 503 ? 4 : 5;
-
-	px->st.errors[i]++;
+	for (int i = 0; i < PROXY_ANSWER_KINDS; i++)
+		if (proxy_answer_status[i] == status)
+			px->st.answers[i]++;
 }
 
 static void build_reply(struct conn *c, uint16_t status, const char *why)

@@ -30,6 +30,10 @@ struct proxy_opts {
 	int listen_fd;			/* a listening socket taken over, or -1: bind `listen` */
 };
 
+/* The statuses of the daemon's own (error) answers. */
+#define PROXY_ANSWER_KINDS	10
+extern const uint16_t proxy_answer_status[PROXY_ANSWER_KINDS];
+
 struct proxy_stats {
 	uint64_t accepted;
 	uint64_t spliced;		/* connections whose sockets entered the sockhash */
@@ -40,7 +44,7 @@ struct proxy_stats {
 	uint64_t reconnects;		/* client connections kept when their instance closed */
 	uint64_t idle_closed;		/* keep-alive connections closed idle (--idle-timeout, drain) */
 	uint64_t response_timeouts;	/* 504s for --response-timeout */
-	uint64_t errors[6];		/* 400, 404, 408, 431, 503, other */
+	uint64_t answers[PROXY_ANSWER_KINDS];	/* error answers, by proxy_answer_status[] */
 	uint64_t connect_failures;
 };
 

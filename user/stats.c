@@ -665,6 +665,60 @@ static const struct {
 
 static const char *const inst_states[] = { "up", "down", "draining" };
 
+/* Daemon-wide counters: keys of the stats document's "proxy" and
+ * "registry" objects (the admin endpoint adds them). */
+static const struct {
+	const char *obj, *key, *name, *help;
+} daemon_counters[] = {
+	{ "proxy", "accepted", "pathsplice_connections_accepted_total",
+	  "Client connections accepted." },
+	{ "proxy", "spliced", "pathsplice_connections_spliced_total",
+	  "Client connections whose sockets entered the sockhash." },
+	{ "proxy", "relayed", "pathsplice_connections_relayed_total",
+	  "Client connections relayed in userspace only." },
+	{ "proxy", "reused", "pathsplice_requests_reused_total",
+	  "One-shot requests sent over a kept instance connection." },
+	{ "proxy", "handbacks", "pathsplice_handbacks_total",
+	  "Streams the kernel handed back to the daemon." },
+	{ "proxy", "reroutes", "pathsplice_reroutes_total",
+	  "Keep-alive connections moved to another service." },
+	{ "proxy", "reconnects", "pathsplice_reconnects_total",
+	  "Client connections kept open when their instance closed between exchanges." },
+	{ "proxy", "idle_closed", "pathsplice_idle_closed_total",
+	  "Keep-alive connections closed idle (--idle-timeout, or a drain)." },
+	{ "proxy", "response_timeouts", "pathsplice_response_timeouts_total",
+	  "Requests answered 504 after --response-timeout." },
+	{ "proxy", "connect_failures", "pathsplice_connect_failures_total",
+	  "Connects to instances that failed." },
+	{ "registry", "tables", "pathsplice_registry_tables_total",
+	  "Routing tables the registry gave after the first (changes applied)." },
+	{ "registry", "errors", "pathsplice_registry_errors_total",
+	  "Failed registry reads, records skipped and tables not built." },
+};
+
+/* The daemon-wide counters and its own answers by status, where present. */
+static void daemon_families(FILE *f, const json_t *stats)
+{
+	json_t *answers = json_object_get(json_object_get(stats, "proxy"), "answers"), *v;
+	const char *status;
+
+	for (size_t k = 0; k < sizeof(daemon_counters) / sizeof(daemon_counters[0]); k++) {
+		v = json_object_get(json_object_get(stats, daemon_counters[k].obj),
+				    daemon_counters[k].key);
+		if (!json_is_integer(v))
+			continue;
+		family(f, daemon_counters[k].name, "counter", daemon_counters[k].help);
+		fprintf(f, "%s %lld\n", daemon_counters[k].name, (long long)json_integer_value(v));
+	}
+	if (!json_is_object(answers))
+		return;
+	family(f, "pathsplice_answers_total", "counter",
+	       "Answers the daemon sent itself (errors), by status.");
+	json_object_foreach(answers, status, v)
+		fprintf(f, "pathsplice_answers_total{status=\"%s\"} %lld\n", status,
+			(long long)json_integer_value(v));
+}
+
 /* `metric{service="..",path=".."}` of a service, without the value. */
 static void service_series(FILE *f, const char *metric, const json_t *s)
 {
@@ -779,6 +833,7 @@ int stats_to_prometheus(const json_t *stats, char **out, size_t *len)
 			fprintf(f, "%s{%s} %llu\n", inst_families[k].name, pi[i].labels,
 				jget_u64(pi[i].j, inst_families[k].key));
 	}
+	daemon_families(f, stats);
 	if (fclose(f)) {
 		free(buf);
 		buf = NULL;

@@ -151,8 +151,9 @@ test_admin_culprit_names_a_busy_process_not_an_idle_one() {
 # counted each way.
 test_admin_stats_and_metrics_count_exactly_what_was_sent() {
 	admin_setup || return 1
-	local req0 conn0 tob0 toc0 i out
+	local req0 conn0 tob0 toc0 acc0 i out
 	out=$(admin_get /stats) || return 1
+	acc0=$(jq -r '.proxy.accepted' <<<"$out")
 	req0=$(jq -r '.totals.requests' <<<"$out")
 	conn0=$(jq -r '.totals.connections_total' <<<"$out")
 	tob0=$(jq -r '.totals.bytes_to_backend' <<<"$out")
@@ -173,6 +174,7 @@ test_admin_stats_and_metrics_count_exactly_what_was_sent() {
 	local sent recv
 	sent=$(awk '{ s += $3 } END { print s }' "$T_DIR/curl.w")
 	recv=$(awk '{ s += $4 + $5 } END { print s }' "$T_DIR/curl.w")
+	expect_eq "$(status /nowhere)" 404 "a path of no service" || return 1
 
 	out=$(admin_get /stats) || return 1
 	expect_eq "$(jq -r '.totals.requests' <<<"$out")" $((req0 + 12)) "stats: requests" &&
@@ -184,7 +186,10 @@ test_admin_stats_and_metrics_count_exactly_what_was_sent() {
 	expect_eq "$(jq -r '[.services[0].instances[].requests] | add' <<<"$out")" $((req0 + 12)) \
 		"stats: the instances add up" &&
 	expect_eq "$(jq -r '[.services[0].instances[].state] | join(",")' <<<"$out")" "up,up" "states" &&
-	expect_match "$(jq -r '.uptime_seconds' <<<"$out")" '^[0-9]+$' "uptime" || return 1
+	expect_match "$(jq -r '.uptime_seconds' <<<"$out")" '^[0-9]+$' "uptime" &&
+	expect_eq "$(jq -r '.proxy.answers."404"' <<<"$out")" 1 "stats: the 404 the daemon answered" &&
+	expect_eq "$(jq -r '.proxy.accepted' <<<"$out")" $((acc0 + 9)) "stats: connections accepted" ||
+		return 1
 
 	curl -sS --fail --max-time 10 -D "$T_DIR/metrics.h" -o "$T_DIR/metrics" "$(admin_url /metrics)" ||
 		return 1
@@ -204,6 +209,10 @@ test_admin_stats_and_metrics_count_exactly_what_was_sent() {
 		"metrics: instance a up" &&
 	expect_match "$(cat "$T_DIR/metrics")" 'pathsplice_service_up\{service="service1",path="/service1"\} 1' \
 		"metrics: service up" &&
+	expect_match "$(cat "$T_DIR/metrics")" '^pathsplice_answers_total\{status="404"\} 1$' \
+		"metrics: the 404" &&
+	expect_eq "$(metric_sum "$T_DIR/metrics" pathsplice_connections_accepted_total)" $((acc0 + 9)) \
+		"metrics: connections accepted" &&
 	stop_pathsplice
 }
 
