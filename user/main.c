@@ -167,7 +167,8 @@ static void usage_run(FILE *f)
 		"                          next one is tried (default 2s)\n"
 		"  --fin-timeout DUR       time a half-closed connection may stay open (default 60s)\n"
 		"  --idle-timeout DUR|off  a keep-alive connection with no request for this long\n"
-		"                          is closed (default 60s)\n"
+		"                          is closed, and so is an exchange on which nothing\n"
+		"                          moves for this long, tunnels excepted (default 60s)\n"
 		"  --response-timeout DUR|off\n"
 		"                          a request the instance has whole and has not begun\n"
 		"                          to answer for this long gets 504 (default 60s)\n"
@@ -329,7 +330,7 @@ static void admin_extra(json_t *root, void *arg)
 	json_object_set_new(root, "registry", json_pack("{s:s, s:I, s:I}",
 		"source", controller_source(h->ctl), "tables", (json_int_t)cs.tables,
 		"errors", (json_int_t)cs.errors));
-	proxy = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	proxy = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 		"accepted", (json_int_t)__atomic_load_n(&ps->accepted, __ATOMIC_RELAXED),
 		"spliced", (json_int_t)__atomic_load_n(&ps->spliced, __ATOMIC_RELAXED),
 		"relayed", (json_int_t)__atomic_load_n(&ps->relayed, __ATOMIC_RELAXED),
@@ -340,6 +341,7 @@ static void admin_extra(json_t *root, void *arg)
 		"idle_closed", (json_int_t)__atomic_load_n(&ps->idle_closed, __ATOMIC_RELAXED),
 		"response_timeouts",
 		(json_int_t)__atomic_load_n(&ps->response_timeouts, __ATOMIC_RELAXED),
+		"stalls_closed", (json_int_t)__atomic_load_n(&ps->stalls_closed, __ATOMIC_RELAXED),
 		"connect_failures",
 		(json_int_t)__atomic_load_n(&ps->connect_failures, __ATOMIC_RELAXED));
 	for (int i = 0; answers && i < PROXY_ANSWER_KINDS; i++) {

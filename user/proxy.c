@@ -1962,6 +1962,21 @@ static void answer_late(struct conn *c)
 	pump(c);
 }
 
+/* Nothing moved for --idle-timeout in the middle of an exchange: a peer
+ * that stopped (a body half sent, a response not read, an instance that
+ * stopped halfway) or vanished without a FIN. The connection ends, as
+ * nginx ends one after send_timeout or proxy_read_timeout. A tunnel keeps
+ * its silence. */
+static void stall_close(struct conn *c)
+{
+	if (c->cli.pc->fr.flags & PS_FF_TUNNEL)
+		return;
+	pr_debug("%s:%u nothing moved for %u ms in an exchange: closed",
+		 inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), c->px->o.idle_timeout_ms);
+	c->px->st.stalls_closed++;
+	conn_close(c);
+}
+
 /* A later request's head the daemon holds (the kernel hands back one whose
  * path a segment cuts) and that the client stopped sending. */
 static bool conn_head_stalled(const struct conn *c)
@@ -1974,7 +1989,8 @@ static bool conn_head_stalled(const struct conn *c)
  * moves show in the counters): close those idle between exchanges for
  * --idle-timeout (DRAIN_IDLE_MS while draining), answer 408 to a head
  * stalled for --head-timeout, as to a connection's first, and 504 to a
- * request whose answer has not begun for --response-timeout. */
+ * request whose answer has not begun for --response-timeout; close any
+ * other exchange stalled for --idle-timeout. */
 static void idle_sweep(struct proxy *px, uint64_t now)
 {
 	uint32_t limit = px->o.idle_timeout_ms;
@@ -2000,6 +2016,9 @@ static void idle_sweep(struct proxy *px, uint64_t now)
 		} else if (px->o.response_timeout_ms &&
 			   now - c->idle_since >= px->o.response_timeout_ms && conn_awaits_answer(c)) {
 			answer_late(c);
+		} else if (px->o.idle_timeout_ms && now - c->idle_since >= px->o.idle_timeout_ms &&
+			   c->state == CS_OPEN && conn_unanswered(c) < 0) {
+			stall_close(c);
 		}
 	}
 }

@@ -44,6 +44,7 @@ struct proxy_stats {
 	uint64_t reconnects;		/* client connections kept when their instance closed */
 	uint64_t idle_closed;		/* keep-alive connections closed idle (--idle-timeout, drain) */
 	uint64_t response_timeouts;	/* 504s for --response-timeout */
+	uint64_t stalls_closed;		/* exchanges closed with nothing moving for --idle-timeout */
 	uint64_t answers[PROXY_ANSWER_KINDS];	/* error answers, by proxy_answer_status[] */
 	uint64_t connect_failures;
 };

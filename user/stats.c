@@ -688,6 +688,8 @@ static const struct {
 	  "Keep-alive connections closed idle (--idle-timeout, or a drain)." },
 	{ "proxy", "response_timeouts", "pathsplice_response_timeouts_total",
 	  "Requests answered 504 after --response-timeout." },
+	{ "proxy", "stalls_closed", "pathsplice_stalls_closed_total",
+	  "Exchanges closed after --idle-timeout with nothing moving." },
 	{ "proxy", "connect_failures", "pathsplice_connect_failures_total",
 	  "Connects to instances that failed." },
 	{ "registry", "tables", "pathsplice_registry_tables_total",

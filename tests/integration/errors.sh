@@ -174,6 +174,33 @@ test_idle_keepalive_connection_is_closed() {
 	done
 }
 
+# An exchange on which nothing moves for --idle-timeout is closed: a client
+# that stops halfway through a request body, and one that stops reading a
+# response. (A silent WebSocket is not: idle_keepalive_connection_is_closed.)
+test_stalled_exchange_is_closed() {
+	local out mode t0 t1 n=0
+	for mode in "--direct-callers on" "--direct-callers off" "--direct off"; do
+		# shellcheck disable=SC2086 # mode is two words
+		errors_setup --idle-timeout 1s $mode || return 1
+		t0=$(now_ms)
+		out=$(raw --idle 5000 --timeout 10 \
+			'POST /service1/up?sink=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc')
+		t1=$(now_ms)
+		expect_match "$out" '^\[eof\]$' "$mode: a body stopped after 3 of 100 bytes: closed, unanswered" ||
+			return 1
+		[ $((t1 - t0)) -ge 1000 ] || { fail "$mode: closed after $((t1 - t0)) ms"; return 1; }
+		if out=$("$TOOLS/ps-client" stall --resume --timeout 20 "127.0.0.1:$PS_PORT" \
+			"/service1/big?bytes=$((16 << 20))" 3 2>&1); then
+			fail "$mode: a reader stopped for 3 s got the whole response: $out"
+			return 1
+		fi
+		n=$((n + 2))
+		expect_eq "$(grep -c 'in an exchange: closed' "$PS_LOG")" "$n" "$mode: both logged" &&
+		expect_eq "$(status /service1/after)" 200 "$mode: the next client" &&
+		stop_pathsplice || return 1
+	done
+}
+
 # A later request on a keep-alive connection whose head stops before its
 # path ends (so the daemon holds it, not the instance) gets 408 after
 # --head-timeout, after the answer before it; the connection closes.
