@@ -1967,10 +1967,14 @@ static void answer_late(struct conn *c)
  * stopped halfway) or vanished without a FIN. The connection ends, as
  * nginx ends one after send_timeout or proxy_read_timeout. A tunnel keeps
  * its silence. */
+static bool conn_in_exchange(const struct conn *c)
+{
+	return c->state == CS_OPEN && conn_unanswered(c) < 0 &&
+	       !(c->cli.pc->fr.flags & PS_FF_TUNNEL);
+}
+
 static void stall_close(struct conn *c)
 {
-	if (c->cli.pc->fr.flags & PS_FF_TUNNEL)
-		return;
 	pr_debug("%s:%u nothing moved for %u ms in an exchange: closed",
 		 inet_ntoa(c->addr.sin_addr), ntohs(c->addr.sin_port), c->px->o.idle_timeout_ms);
 	c->px->st.stalls_closed++;
@@ -2017,7 +2021,7 @@ static void idle_sweep(struct proxy *px, uint64_t now)
 			   now - c->idle_since >= px->o.response_timeout_ms && conn_awaits_answer(c)) {
 			answer_late(c);
 		} else if (px->o.idle_timeout_ms && now - c->idle_since >= px->o.idle_timeout_ms &&
-			   c->state == CS_OPEN && conn_unanswered(c) < 0) {
+			   conn_in_exchange(c)) {
 			stall_close(c);
 		}
 	}
