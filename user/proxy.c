@@ -1962,17 +1962,18 @@ static void answer_late(struct conn *c)
 	pump(c);
 }
 
-/* Nothing moved for --idle-timeout in the middle of an exchange: a peer
- * that stopped (a body half sent, a response not read, an instance that
- * stopped halfway) or vanished without a FIN. The connection ends, as
- * nginx ends one after send_timeout or proxy_read_timeout. A tunnel keeps
- * its silence. */
+/* In the middle of an exchange (a message under way, bytes held, a request
+ * blocked); a tunnel is no exchange and keeps its silence. */
 static bool conn_in_exchange(const struct conn *c)
 {
 	return c->state == CS_OPEN && conn_unanswered(c) < 0 &&
 	       !(c->cli.pc->fr.flags & PS_FF_TUNNEL);
 }
 
+/* Nothing moved for --idle-timeout in the middle of an exchange: a peer
+ * that stopped (a body half sent, a response not read, an instance that
+ * stopped halfway) or vanished without a FIN. The connection ends, as
+ * nginx ends one after send_timeout or proxy_read_timeout. */
 static void stall_close(struct conn *c)
 {
 	pr_debug("%s:%u nothing moved for %u ms in an exchange: closed",
