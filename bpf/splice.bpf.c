@@ -393,8 +393,7 @@ static __always_inline void on_event(struct walk_ctx *x, int ev)
 			 * is counted before the instance can have it), or one
 			 * that says the instance closes the connection (userspace
 			 * then lets the client see the close): userspace decides */
-			if ((w->fr.flags & (PS_FF_TUNNEL | PS_FF_CONN_CLOSE)) ||
-			    (w->fr.flags & (PS_FF_HTTP10 | PS_FF_CONN_KEEP)) == PS_FF_HTTP10 ||
+			if ((w->fr.flags & PS_FF_TUNNEL) || ps_flags_close(w->fr.flags) ||
 			    w->msgs >= READ_ONCE(x->p->msgs))
 				stop(w, PS_HB_FRAMING, 1);
 			break;

@@ -169,6 +169,13 @@ static __always_inline int ps_frame_at_start(const struct ps_frame *fr)
 	return fr->state == PS_FS_START;
 }
 
+/* The message's flags say its connection ends after it: Connection: close,
+ * or HTTP/1.0 without keep-alive. */
+static __always_inline int ps_flags_close(__u16 flags)
+{
+	return (flags & PS_FF_CONN_CLOSE) || (flags & (PS_FF_HTTP10 | PS_FF_CONN_KEEP)) == PS_FF_HTTP10;
+}
+
 /* True from a message's first byte until its head is complete. */
 static __always_inline int ps_frame_in_head(const struct ps_frame *fr)
 {

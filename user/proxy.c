@@ -900,8 +900,7 @@ static void head_try(struct conn *c)
 	c->tried = 0;
 	/* One exchange and done: relaying it costs less than setting up a
 	 * splice (sockhash inserts, verdict runs, removal) for it. */
-	c->one_shot = (flags & PS_FF_CONN_CLOSE) ||
-		      ((flags & PS_FF_HTTP10) && !(flags & PS_FF_CONN_KEEP));
+	c->one_shot = ps_flags_close(flags);
 	/* and an HTTP/1.1 GET or HEAD needs no connection of its own: only
 	 * those may be sent again if a kept connection turns out closed */
 	c->keep = px->pool && (flags & PS_FF_CONN_CLOSE) && !body &&
@@ -1206,8 +1205,7 @@ static void on_response_event(struct conn *c, int ev)
 		c->resp.head_done = true;
 		/* the kernel hands back every response that says so */
 		if (!(fr->flags & PS_FF_INTERIM))
-			c->be_closing = (fr->flags & PS_FF_CONN_CLOSE) ||
-					((fr->flags & PS_FF_HTTP10) && !(fr->flags & PS_FF_CONN_KEEP));
+			c->be_closing = ps_flags_close(fr->flags);
 		if (c->keep && !(fr->flags & PS_FF_INTERIM))
 			keep_response_head(c);
 		if (fr->flags & PS_FF_TUNNEL) {
@@ -1552,8 +1550,7 @@ static void try_unblock(struct conn *c)
 			}
 			c->reply_off += n;
 		}
-		dir_take(resp);
-		ep_release(px, &c->be);
+		retire_backend(c);
 		linger(c);
 		return;
 	}
@@ -1939,7 +1936,7 @@ static void idle_close(struct conn *c, uint32_t limit)
 	pr_debug("%s:%u idle for %u ms: closed", inet_ntoa(c->addr.sin_addr),
 		 ntohs(c->addr.sin_port), limit);
 	c->px->st.idle_closed++;
-	ep_release(c->px, &c->be);
+	retire_backend(c);
 	c->cli.drained = false;	/* read what the client may have sent meanwhile */
 	linger(c);
 }

@@ -373,6 +373,17 @@ static void test_in_head_from_first_byte_to_head_end(void **state)
 	assert_false(ps_frame_in_head(&fr));
 }
 
+/* Connection: close, or HTTP/1.0 without keep-alive, ends the connection. */
+static void test_flags_close(void **state)
+{
+	assert_false(ps_flags_close(0));
+	assert_true(ps_flags_close(PS_FF_CONN_CLOSE));
+	assert_true(ps_flags_close(PS_FF_HTTP10));
+	assert_false(ps_flags_close(PS_FF_HTTP10 | PS_FF_CONN_KEEP));
+	assert_true(ps_flags_close(PS_FF_HTTP10 | PS_FF_CONN_KEEP | PS_FF_CONN_CLOSE));
+	assert_false(ps_flags_close(PS_FF_CONN_KEEP));
+}
+
 static void test_fragment_or_control_in_target_rejected(void **state)
 {
 	assert_int_equal(req_error("GET /a#b HTTP/1.1\r\n\r\n"), 400);
@@ -1163,6 +1174,7 @@ int main(void)
 		T(test_path_events_same_without_path_buffer),
 		T(test_before_route_until_path_ends),
 		T(test_in_head_from_first_byte_to_head_end),
+		T(test_flags_close),
 		T(test_fragment_or_control_in_target_rejected),
 		T(test_invalid_method_rejected),
 		T(test_head_request_sets_head_flag),
