@@ -53,7 +53,8 @@ Options:
 Rows: keep-alive small responses c50 (req/s), c1 latency p50/p99 (ms), 1 MiB
 responses c8 (MiB/s), 64 MiB uploads c4 (MiB/s), Connection: close c50
 (req/s), whole-machine CPU seconds per million requests during the keep-alive
-row.
+row, and the proxy's own (its processes') CPU seconds per million requests in
+that row.
 
 PATHSPLICE_ARGS adds arguments to \`pathsplice run\` (e.g. --flow-limit 4194304).
 
@@ -528,7 +529,8 @@ parse_wrk() {
 	' "$1"
 }
 
-# Per-process CPU ticks: "pid comm ticks" for every process (comm without spaces).
+# Per-process CPU ticks: "pid comm ticks ppid" for every process (comm without
+# spaces).
 proc_ticks() {
 	# (processes come and go between the glob and the read: ignore cat's status)
 	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
@@ -537,8 +539,23 @@ proc_ticks() {
 		if (!l || !r) next
 		comm = substr($0, l + 1, r - l - 1); gsub(/ /, "_", comm)
 		split(substr($0, r + 2), f, " ")
-		print $1, comm, f[12] + f[13]
+		print $1, comm, f[12] + f[13], f[2]
 	}'
+}
+
+# CPU ticks of a process and all its descendants (nginx's workers; a
+# process's own count includes its threads, ended ones too).
+tree_ticks() { # pid
+	proc_ticks | awk -v root="$1" '
+		{ ticks[$1] = $3; parent[$1] = $4 }
+		END {
+			for (p in ticks) {
+				for (q = p; q != "" && q != root && q in parent; q = parent[q])
+					if (parent[q] == q) break
+				if (q == root) sum += ticks[p]
+			}
+			print sum + 0
+		}'
 }
 
 # Background load over one second (nothing of ours is measuring): sets BG_PCT
@@ -587,12 +604,14 @@ record() { # target measure value requests err non2xx file
 
 measure() { # target measure
 	local t=$1 m=$2 url="http://$TARGET_HOST:${PORT[$1]}" f req rps mb p50 p99 err non2xx
-	local c0 c1 v
+	local c0 c1 p0=0 p1=0 v own
 	f=$OUT_DIR/wrk/$PLACEMENT-r$REP-$m-$t.txt
 	run_wrk "$m" 1 "$url" "$f.warmup" || true
+	[ "$m" = ka ] && [ "$t" != direct ] && p0=$(tree_ticks "${TPID[$t]}")
 	c0=$(cpu_busy_ticks)
 	run_wrk "$m" "$DURATION" "$url" "$f" || log "wrk exited non-zero ($t $m), see $f"
 	c1=$(cpu_busy_ticks)
+	[ "$m" = ka ] && [ "$t" != direct ] && p1=$(tree_ticks "${TPID[$t]}")
 	read -r req rps mb p50 p99 err non2xx < <(parse_wrk "$f")
 	if ! [[ $req =~ ^[0-9]+$ ]] || [ "$req" -eq 0 ] ||
 		[ $(((err + non2xx) * 100)) -gt "$req" ]; then
@@ -608,8 +627,14 @@ measure() { # target measure
 		record "$t" ka "$rps" "$req" "$err" "$non2xx" "$f"
 		v=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v r="$req" 'BEGIN { printf "%.3f", d / hz / r * 1e6 }')
 		record "$t" cpu "$v" "$req" "$err" "$non2xx" "$f"
-		log "$(printf '%-8s rep %d  %-11s keep-alive c50: %10.0f req/s  cpu %.2f s/Mreq' \
-			"$PLACEMENT" "$REP" "$t" "$rps" "$v")"
+		own=""
+		if [ "$t" != direct ]; then
+			own=$(awk -v d="$((p1 - p0))" -v hz="$CLK_TCK" -v r="$req" 'BEGIN { printf "%.3f", d / hz / r * 1e6 }')
+			record "$t" own "$own" "$req" "$err" "$non2xx" "$f"
+			own=$(printf ', its own %.2f' "$own")
+		fi
+		log "$(printf '%-8s rep %d  %-11s keep-alive c50: %10.0f req/s  cpu %.2f s/Mreq%s' \
+			"$PLACEMENT" "$REP" "$t" "$rps" "$v" "$own")"
 		;;
 	c1)
 		record "$t" c1_p50 "$p50" "$req" "$err" "$non2xx" "$f"
@@ -687,7 +712,7 @@ fmt() { # measure value
 	ka | close) printf '%.0f' "$2" ;;
 	c1_p50 | c1_p99) printf '%.3f' "$2" ;;
 	bulk | upload) printf '%.1f' "$2" ;;
-	cpu) printf '%.2f' "$2" ;;
+	cpu | own) printf '%.2f' "$2" ;;
 	esac
 }
 
@@ -725,7 +750,7 @@ print_table() { # placement
 	row="|---|"
 	for t in "${TARGETS[@]}"; do row+="---|"; done
 	echo "$row"
-	for m in ka c1_p50 c1_p99 bulk upload close cpu; do
+	for m in ka c1_p50 c1_p99 bulk upload close cpu own; do
 		case $m in
 		ka) label="keep-alive c50, req/s" ;;
 		c1_p50) label="c1 latency p50, ms" ;;
@@ -734,18 +759,25 @@ print_table() { # placement
 		upload) label="64 MiB uploads c4, MiB/s" ;;
 		close) label="Connection: close c50, req/s" ;;
 		cpu) label="CPU s / 1M req (keep-alive, whole machine)" ;;
+		own) label="the proxy's own CPU s / 1M req (keep-alive)" ;;
 		esac
 		d=$(cell_median "$pl" direct "$m")
 		h=$(cell_median "$pl" haproxy "$m")
 		cells="| $label |"
 		for t in "${TARGETS[@]}"; do
 			v=$(cell_median "$pl" "$t" "$m")
+			if [ "$m" = own ] && [ "$t" = direct ]; then
+				cells+=" — |"
+				continue
+			fi
 			if [ -z "$v" ]; then
 				if [ -n "${SKIPPED["$pl|$t"]:-}" ]; then cells+=" skipped |"; else cells+=" fail |"; fi
 				continue
 			fi
 			if [ "$m" = cpu ] && [ -n "$h" ] && [ "$t" != direct ] && [ "$t" != haproxy ]; then
 				cells+=" $(fmt "$m" "$v") ($(ratio "$v" "$d") direct, $(ratio "$v" "$h") haproxy) |"
+			elif [ "$m" = own ]; then
+				cells+=" $(fmt "$m" "$v") ($(ratio "$v" "$h") haproxy) |"
 			else
 				cells+=" $(fmt "$m" "$v") ($(ratio "$v" "$d")) |"
 			fi
