@@ -44,7 +44,7 @@ __u32 frame_words(struct ps_frame *fr, const struct ps_chunk_bytes *b, __u32 n, 
 char LICENSE[] SEC("license") = "GPL";
 
 /* Set by userspace before load. */
-const volatile __u64 fc_limit = 1 << 20;	/* bytes queued for a peer before hand-back */
+const volatile __u64 fc_limit = 256 << 10;	/* bytes queued for a peer before hand-back */
 const volatile __u32 parse_budget = 4096;	/* loop steps per segment */
 const volatile __u32 take_callers = 1;		/* --direct-callers */
 

@@ -175,7 +175,7 @@ static void usage_run(FILE *f)
 		"  --max-conns N           connections spliced at once; more are relayed in\n"
 		"                          userspace (default %d)\n"
 		"  --flow-limit BYTES      bytes the kernel may queue for a slow reader before\n"
-		"                          the connection is paused (default 1048576)\n"
+		"                          the connection is paused (default 262144)\n"
 		"  --direct on|off         same-host instances: their sendmsg writes responses\n"
 		"                          into the client socket, and requests without a body\n"
 		"                          go into theirs (sockops on the cgroup v2 root; on)\n"
@@ -427,7 +427,7 @@ static int cmd_run(int argc, char **argv)
 	struct datapath_opts dopts = {
 		.pin_dir = DEFAULT_PIN_DIR,
 		.max_conns = PS_DEFAULT_MAX_CONNS,
-		.fc_limit = 1 << 20,
+		.fc_limit = 256 << 10,
 		.direct = true,
 		.callers = true,
 	};
