@@ -604,7 +604,7 @@ record() { # target measure value requests err non2xx file
 
 measure() { # target measure
 	local t=$1 m=$2 url="http://$TARGET_HOST:${PORT[$1]}" f req rps mb p50 p99 err non2xx
-	local c0 c1 p0=0 p1=0 v own
+	local c0 c1 p0=0 p1=0 v own own_note=""
 	f=$OUT_DIR/wrk/$PLACEMENT-r$REP-$m-$t.txt
 	run_wrk "$m" 1 "$url" "$f.warmup" || true
 	[ "$m" = ka ] && [ "$t" != direct ] && p0=$(tree_ticks "${TPID[$t]}")
@@ -627,14 +627,13 @@ measure() { # target measure
 		record "$t" ka "$rps" "$req" "$err" "$non2xx" "$f"
 		v=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v r="$req" 'BEGIN { printf "%.3f", d / hz / r * 1e6 }')
 		record "$t" cpu "$v" "$req" "$err" "$non2xx" "$f"
-		own=""
 		if [ "$t" != direct ]; then
 			own=$(awk -v d="$((p1 - p0))" -v hz="$CLK_TCK" -v r="$req" 'BEGIN { printf "%.3f", d / hz / r * 1e6 }')
 			record "$t" own "$own" "$req" "$err" "$non2xx" "$f"
-			own=$(printf ', its own %.2f' "$own")
+			own_note=$(printf ', its own %.2f' "$own")
 		fi
 		log "$(printf '%-8s rep %d  %-11s keep-alive c50: %10.0f req/s  cpu %.2f s/Mreq%s' \
-			"$PLACEMENT" "$REP" "$t" "$rps" "$v" "$own")"
+			"$PLACEMENT" "$REP" "$t" "$rps" "$v" "$own_note")"
 		;;
 	c1)
 		record "$t" c1_p50 "$p50" "$req" "$err" "$non2xx" "$f"
